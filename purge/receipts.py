@@ -1,0 +1,49 @@
+"""The purge receipt: the proof, kept as run metadata, that a run's staged data is gone.
+
+It holds metadata only. Keys appear in `failures`, and that is allowed because keys are our
+own staging file names, never record values.
+"""
+
+from __future__ import annotations
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class PurgeReceipt(BaseModel):
+    """What one purge of one prefix deleted, and what the listing afterwards found.
+
+    New fields must get defaults, so that receipts already stored still validate.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    receipt_id: str
+    target: str = Field(description='Store URI plus prefix, e.g. "file:///x/staging/faker/run-1/".')
+    dry_run: bool = False
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+    objects_deleted: int = Field(
+        default=0, description="Objects and versions deleted; in a dry run, those found."
+    )
+    versions_deleted: int = Field(
+        default=0, description="Of objects_deleted, those that carried a version id."
+    )
+    bytes_deleted: int = Field(default=0, description="In a dry run, the bytes found.")
+    manifest_sha256: str = Field(
+        description=(
+            'SHA-256 over the manifest: one UTF-8 line "key\\tversion_id\\n" per object '
+            "(empty version for unversioned stores), sorted by (key, version_id)."
+        )
+    )
+    remaining: int = Field(
+        default=0, description="Objects the verification listing found; in a dry run, all found."
+    )
+    verified_empty: bool
+    failures: list[str] = Field(
+        default_factory=list,
+        description='"key: reason" per object that could not be deleted, the first 100 only.',
+    )
+    objects_failed: int = Field(
+        default=0, description="All objects that could not be deleted, listed or not."
+    )
+    store_settings: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,54 @@
+"""Heartbeating on a timer for synchronous activities.
+
+The work updates ``details`` as it goes; a background thread sends the latest details every few
+seconds. This keeps heartbeat calls out of tight loops and keeps long blocking steps (installing a
+connector, a big load) alive.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from temporalio import activity
+
+
+class Heartbeater:
+    def __init__(self, details: Any = None, interval: float = 5.0) -> None:
+        self.details = details
+        self._interval = interval
+        self._stop = threading.Event()
+
+    def update(self, details: Any) -> None:
+        self.details = details
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.send()
+
+    def send(self) -> None:
+        if self.details is None:
+            activity.heartbeat()
+        else:
+            activity.heartbeat(self.details)
+
+    @contextmanager
+    def running(self) -> Iterator[Heartbeater]:
+        # The activity context lives in a context variable: the thread runs in a copy of it.
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(self._beat,), daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join()
+
+
+def resume_details() -> Any | None:
+    """The details of the last heartbeat of a previous attempt, if any."""
+    details = activity.info().heartbeat_details
+    return details[0] if details else None

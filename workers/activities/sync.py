@@ -1,0 +1,283 @@
+"""Activities of SyncConnectionWorkflow, as methods of a class that receives its clients.
+
+They are synchronous (blocking subprocess and DuckDB I/O) and run in the worker's thread pool.
+Errors that retrying cannot fix become non-retryable ApplicationErrors whose message names the
+connection and what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from purge.purge import purge_prefix
+from purge.receipts import PurgeReceipt
+from purge.scrub import LogScrubber, state_leaf_values
+from purge.stores import open_store
+from workers.activities.heartbeat import Heartbeater, resume_details
+from workers.airbyte.connector import (
+    Connector,
+    ConnectorError,
+    ConnectorInstaller,
+    ConnectorNotFoundError,
+)
+from workers.airbyte.destination import DuckDBDestination
+from workers.airbyte.local import BEFORE_STATE_KEY, LocalSync, SyncConfigError, SyncProgress
+from workers.connections import (
+    Connection,
+    ConnectionsFile,
+    ConnectionsFileError,
+    UnknownConnectionError,
+    resolve_source_config,
+    secret_values,
+)
+from workers.runlog import read_raw_logs
+from workers.settings import Settings
+from workers.store.metadata import MetadataStore
+from workflows.models import (
+    ActivityName,
+    PurgeInput,
+    RecordRunInput,
+    RetainMetadataInput,
+    RunPlan,
+    RunSyncInput,
+    ScrubLogsInput,
+    ScrubOutcome,
+    SyncOutcome,
+    SyncRequest,
+)
+
+log = structlog.get_logger(__name__)
+
+
+def _fail(kind: str, message: str) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+class SyncActivities:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MetadataStore,
+        installer: ConnectorInstaller,
+        environ: Mapping[str, str],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.installer = installer
+        self.environ = environ
+
+    def _connection(self, connection_id: str) -> Connection:
+        # Read on every run, so that edits to the file apply without restarting workers.
+        try:
+            return ConnectionsFile.load(self.settings.connections_file).get(connection_id)
+        except UnknownConnectionError as exc:
+            raise _fail("UnknownConnection", str(exc)) from None
+        except ConnectionsFileError as exc:
+            raise _fail("InvalidConnectionsFile", str(exc)) from None
+
+    def _source_config(self, connection: Connection) -> dict[str, Any]:
+        try:
+            return resolve_source_config(connection, self.environ)
+        except ConnectionsFileError as exc:
+            raise _fail("MissingSecret", str(exc)) from None
+
+    @activity.defn(name=ActivityName.PLAN_RUN)
+    def plan_run(self, request: SyncRequest) -> RunPlan:
+        connection = self._connection(request.connection_id)
+        declared = {s.name for s in connection.streams}
+        unknown = sorted(set(request.streams or []) - declared)
+        if unknown:
+            raise _fail(
+                "UnknownStream",
+                f"connection {connection.id!r} declares no streams {unknown} "
+                f"(declared: {', '.join(sorted(declared))})",
+            )
+        run_id = activity.info().workflow_run_id or activity.info().workflow_id
+        return RunPlan(
+            connection_id=connection.id,
+            run_id=run_id,
+            staging_uri=connection.staging or self.settings.resolved_staging_uri,
+            staging_prefix=f"{connection.id}/{run_id}/",
+            streams=request.streams or [s.name for s in connection.streams],
+        )
+
+    @activity.defn(name=ActivityName.RUN_SYNC)
+    def run_sync(self, request: RunSyncInput) -> SyncOutcome:
+        plan = request.plan
+        structlog.contextvars.bind_contextvars(
+            connection=plan.connection_id, run_id=plan.run_id, activity="run_sync"
+        )
+        connection = self._connection(plan.connection_id)
+        config = self._source_config(connection)
+        previous = resume_details()
+        resume = SyncProgress.model_validate(previous) if previous else None
+        heartbeater = Heartbeater(resume)
+        try:
+            with heartbeater.running():
+                argv = self.installer.argv(connection.source)
+                sync = LocalSync(
+                    connection=connection,
+                    connector=Connector(argv),
+                    config=config,
+                    store=open_store(plan.staging_uri),
+                    prefix=plan.staging_prefix,
+                    run_id=plan.run_id,
+                    batch_records=self.settings.batch_records,
+                    heartbeat=heartbeater.update,
+                    cancelled=activity.is_cancelled,
+                )
+                declared = [s.name for s in connection.streams]
+                only = None if plan.streams == declared else plan.streams
+                return sync.run(reset=request.reset, only=only, resume=resume)
+        except ConnectorNotFoundError as exc:
+            raise _fail("ConnectorNotFound", f"connection {connection.id!r}: {exc}") from None
+        except SyncConfigError as exc:
+            raise _fail("InvalidConnection", str(exc)) from None
+        except ConnectorError as exc:
+            message = self._scrubber(connection, plan).scrub_line(str(exc))
+            raise _fail("ConnectorFailed", f"connection {connection.id!r}: {message}") from None
+        finally:
+            structlog.contextvars.unbind_contextvars("connection", "run_id", "activity")
+
+    def _scrubber(self, connection: Connection, plan: RunPlan) -> LogScrubber:
+        """A scrubber for this run: state before and after, and the connector's secrets."""
+        states: list[Any] = []
+        store = open_store(plan.staging_uri)
+        if store.exists(plan.staging_prefix + BEFORE_STATE_KEY):
+            with store.open_read(plan.staging_prefix + BEFORE_STATE_KEY) as handle:
+                states.extend(json.loads(handle.read()))
+        if connection.destination.path.exists():
+            with DuckDBDestination(connection.destination.path, connection.id) as destination:
+                states.extend(destination.committed_state())
+        cursor_fields = {f for s in connection.streams for f in s.cursor_field}
+        return LogScrubber(
+            cursor_values=state_leaf_values(states),
+            secrets=secret_values(connection, self._source_config(connection)),
+            cursor_fields=sorted(cursor_fields),
+        )
+
+    @activity.defn(name=ActivityName.SCRUB_LOGS)
+    def scrub_logs(self, request: ScrubLogsInput) -> ScrubOutcome:
+        plan = request.plan
+        connection = self._connection(plan.connection_id)
+        scrubber = self._scrubber(connection, plan)
+        store = open_store(plan.staging_uri)
+        target = self.settings.resolved_log_dir / plan.connection_id / f"{plan.run_id}.log"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lines = 0
+        with Heartbeater().running():
+            # Written next to the target and renamed: a retry never leaves a partial log.
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".scrubbing-")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    for line in scrubber.scrub_stream(read_raw_logs(store, plan.staging_prefix)):
+                        out.write(line)
+                        lines += 1
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        uri = target.as_uri()
+        self.store.record_retained_log(
+            run_id=plan.run_id,
+            connection_id=plan.connection_id,
+            uri=uri,
+            lines=lines,
+            redactions=scrubber.counts,
+        )
+        return ScrubOutcome(redactions=scrubber.counts, lines=lines, log_uri=uri)
+
+    @activity.defn(name=ActivityName.RETAIN_METADATA)
+    def retain_metadata(self, request: RetainMetadataInput) -> None:
+        connection = self._connection(request.plan.connection_id)
+        declared = {(s.namespace, s.name): s for s in connection.streams}
+        rows = []
+        for outcome in request.streams:
+            stream = declared[(outcome.namespace, outcome.name)]
+            rows.append(
+                {
+                    "name": stream.name,
+                    "namespace": stream.namespace,
+                    "sync_mode": stream.sync_mode,
+                    "destination_mode": stream.destination_mode,
+                    "cursor_field": stream.cursor_field,
+                    "primary_key": stream.primary_key,
+                    "columns": outcome.columns,
+                }
+            )
+        self.store.retain_connection(
+            connection_id=connection.id,
+            name=connection.name or connection.id,
+            backend=connection.backend,
+            source_type=connection.source.connector_name,
+            destination_type=connection.destination.type,
+            schedule=connection.schedule,
+            stream_rows=rows,
+        )
+
+    @activity.defn(name=ActivityName.PURGE_STAGING)
+    def purge_staging(self, request: PurgeInput) -> PurgeReceipt:
+        plan = request.plan
+        receipt_id = f"purge-{plan.run_id}"
+        existing = self.store.get_receipt(receipt_id)
+        if existing and existing["verified_empty"]:
+            # A retry after the receipt was written: never a second receipt.
+            return PurgeReceipt.model_validate(existing)
+        heartbeater = Heartbeater(0)
+        with heartbeater.running():
+            receipt = purge_prefix(
+                open_store(plan.staging_uri),
+                plan.staging_prefix,
+                receipt_id=receipt_id,
+                on_progress=heartbeater.update,
+            )
+        self.store.record_receipt(receipt, plan.run_id)
+        log.info(
+            "staging purged",
+            run_id=plan.run_id,
+            objects=receipt.objects_deleted,
+            verified_empty=receipt.verified_empty,
+        )
+        return receipt
+
+    @activity.defn(name=ActivityName.RECORD_RUN)
+    def record_run(self, request: RecordRunInput) -> None:
+        outcome = request.outcome
+        records = {s.name: s.records for s in outcome.streams} if outcome else {}
+        self.store.record_run(
+            {
+                "run_id": request.plan.run_id,
+                "connection_id": request.plan.connection_id,
+                "workflow_id": request.workflow_id,
+                "status": request.status,
+                "started_at": request.started_at,
+                "finished_at": request.finished_at,
+                "duration_seconds": (request.finished_at - request.started_at).total_seconds(),
+                "incremental": bool(outcome and outcome.incremental),
+                "records": sum(records.values()),
+                "records_by_stream": records,
+                "bytes_staged": outcome.bytes_staged if outcome else 0,
+                "redactions": request.scrub.redactions if request.scrub else {},
+                "receipt_id": request.receipt.receipt_id if request.receipt else None,
+                "error": request.error,
+            }
+        )
+
+    def all(self) -> list[Any]:
+        return [
+            self.plan_run,
+            self.run_sync,
+            self.scrub_logs,
+            self.retain_metadata,
+            self.purge_staging,
+            self.record_run,
+        ]

@@ -1,0 +1,463 @@
+"""Local backend: a real Airbyte protocol source run as a subprocess, staged, loaded into DuckDB.
+
+Records stream from the connector's stdout into gzip batch files under the run's staging prefix
+(the raw protocol lines are written as they came: no re-serialisation, never the whole stream in
+memory). When a STATE message arrives and enough records are pending, the pending batches and the
+states are committed to the destination in one transaction, so a crash never loads a batch twice
+and never records a state whose records are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+import structlog
+from airbyte_protocol.models import AirbyteMessage, TraceType, Type
+from pydantic import BaseModel, Field
+
+from purge.stores import StagingStore
+from workers.airbyte.connector import Connector, ConnectorError, configured_catalog
+from workers.airbyte.destination import DuckDBDestination, StreamTable, duckdb_type, state_key
+from workers.connections import Connection, StreamConfig
+from workers.runlog import RunLog
+from workflows.models import StreamOutcome, SyncOutcome
+
+log = structlog.get_logger(__name__)
+
+BEFORE_STATE_KEY = "state/before.json"
+_HEARTBEAT_EVERY_SECONDS = 5.0
+
+
+class SyncConfigError(ValueError):
+    """The connection asks for something the source does not offer; retrying cannot help."""
+
+
+class SyncProgress(BaseModel):
+    """Heartbeat details of run_sync: what is committed so far, so a retry resumes the counts."""
+
+    attempt: int = 0
+    records: dict[str, int] = Field(default_factory=dict)
+    bytes_staged: int = 0
+    batches: int = 0
+    states: int = 0
+
+
+@dataclass
+class _Batch:
+    key: str
+    records: int = 0
+    size: int = 0
+
+
+class _BatchWriter:
+    """One open gzip batch file in the staging store."""
+
+    def __init__(self, store: StagingStore, key: str) -> None:
+        self.batch = _Batch(key)
+        self._stack = contextlib.ExitStack()
+        self._raw: BinaryIO = self._stack.enter_context(store.open_write(key))
+        self._gz = self._stack.enter_context(
+            gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=1)
+        )
+
+    def write(self, line: bytes) -> None:
+        self._gz.write(line if line.endswith(b"\n") else line + b"\n")
+        self.batch.records += 1
+
+    def close(self) -> _Batch:
+        self._gz.close()
+        self.batch.size = self._raw.tell()
+        self._stack.close()
+        return self.batch
+
+    def abandon(self) -> None:
+        self._stack.close()
+
+
+@dataclass
+class _StreamRun:
+    config: StreamConfig
+    table: StreamTable
+    cursor_field: list[str]
+    primary_key: list[list[str]]
+    writer: _BatchWriter | None = None
+    pending: list[_Batch] = field(default_factory=list)
+    batch_number: int = 0
+
+
+def stream_id(name: str, namespace: str | None) -> str:
+    return f"{namespace}.{name}" if namespace else name
+
+
+class LocalSync:
+    """One attempt of one run of a connection on the local backend."""
+
+    def __init__(
+        self,
+        *,
+        connection: Connection,
+        connector: Connector,
+        config: dict[str, Any],
+        store: StagingStore,
+        prefix: str,
+        run_id: str,
+        batch_records: int,
+        heartbeat: Callable[[SyncProgress], None],
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.connection = connection
+        self.connector = connector
+        self.config = config
+        self.store = store
+        self.prefix = prefix
+        self.run_id = run_id
+        self.batch_records = batch_records
+        self._heartbeat = heartbeat
+        self._cancelled = cancelled
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _plan_streams(
+        self, catalog: dict[str, Any], only: list[str] | None, reset: bool
+    ) -> dict[str, _StreamRun]:
+        offered = {stream_id(s["name"], s.get("namespace")): s for s in catalog["streams"]}
+        wanted = [s for s in self.connection.streams if only is None or s.name in only]
+        if only is not None:
+            unknown = sorted(set(only) - {s.name for s in self.connection.streams})
+            if unknown:
+                raise SyncConfigError(
+                    f"connection {self.connection.id!r}: streams {unknown} are not declared"
+                )
+        plans: dict[str, _StreamRun] = {}
+        for index, stream in enumerate(wanted):
+            where = f"connection {self.connection.id!r}: streams[{index}] ({stream.name})"
+            sid = stream_id(stream.name, stream.namespace)
+            source_stream = offered.get(sid)
+            if source_stream is None:
+                offers = ", ".join(sorted(offered))
+                raise SyncConfigError(
+                    f"{where}: the source offers no such stream (offers: {offers})"
+                )
+            if stream.sync_mode not in source_stream.get("supported_sync_modes", ["full_refresh"]):
+                raise SyncConfigError(f"{where}: the source does not support {stream.sync_mode}")
+            cursor = stream.cursor_field or source_stream.get("default_cursor_field") or []
+            key = stream.primary_key or source_stream.get("source_defined_primary_key") or []
+            if stream.sync_mode == "incremental" and not cursor:
+                raise SyncConfigError(f"{where}: incremental needs a cursor_field")
+            if stream.destination_mode == "append_dedup" and not key:
+                raise SyncConfigError(f"{where}: append_dedup needs a primary_key")
+            if any(len(path) != 1 for path in key) or len(cursor) > 1:
+                raise SyncConfigError(f"{where}: nested cursor or key fields are not supported")
+            properties = source_stream.get("json_schema", {}).get("properties", {})
+            table = StreamTable(
+                name=stream.name,
+                namespace=stream.namespace,
+                columns={c: duckdb_type(s) for c, s in properties.items()},
+                mode=stream.destination_mode,
+                replace=reset or stream.destination_mode == "overwrite",
+                primary_key=[path[0] for path in key],
+                cursor=cursor[0] if cursor else None,
+                run_suffix=self.run_id.replace("-", "")[:12],
+            )
+            plans[sid] = _StreamRun(stream, table, cursor, key)
+        return plans
+
+    def _input_state(
+        self, committed: list[dict[str, Any]], streams: dict[str, _StreamRun], reset: bool
+    ) -> list[dict[str, Any]] | dict[str, Any] | None:
+        if reset:
+            return None
+        incremental = {sid for sid, s in streams.items() if s.config.sync_mode == "incremental"}
+        messages = []
+        for message in committed:
+            kind = message.get("type")
+            if kind == "STREAM":
+                descriptor = message["stream"]["stream_descriptor"]
+                if stream_id(descriptor["name"], descriptor.get("namespace")) in incremental:
+                    messages.append(message)
+            elif kind == "GLOBAL" and incremental:
+                messages.append(message)
+            elif kind in (None, "LEGACY") and incremental:
+                # Legacy connectors take the bare state blob.
+                return message.get("data") or {}
+        return messages or None
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(
+        self, *, reset: bool, only: list[str] | None, resume: SyncProgress | None
+    ) -> SyncOutcome:
+        attempt = (resume.attempt + 1) if resume else 1
+        progress = SyncProgress(attempt=attempt)
+        run_log = RunLog(self.store, f"{self.prefix}logs/attempt-{attempt:03d}.log.gz")
+        try:
+            with (
+                run_log.active(),
+                DuckDBDestination(
+                    self.connection.destination.path, self.connection.id
+                ) as destination,
+            ):
+                return self._run(destination, run_log, progress, reset, only, resume)
+        except ConnectorError as exc:
+            run_log.write("sluice", "error", f"run failed: {exc}")
+            raise
+        finally:
+            run_log.close()
+
+    def _run(
+        self,
+        destination: DuckDBDestination,
+        run_log: RunLog,
+        progress: SyncProgress,
+        reset: bool,
+        only: list[str] | None,
+        resume: SyncProgress | None,
+    ) -> SyncOutcome:
+        log.info("discovering streams", connection=self.connection.id, attempt=progress.attempt)
+        streams = self._plan_streams(self.connector.discover(self.config), only, reset)
+        committed = destination.committed_state()
+        if not self.store.exists(self.prefix + BEFORE_STATE_KEY):
+            # Kept (in staging, purged with it) for the scrubber: the values of the state the
+            # connector starts from appear in its log.
+            with self.store.open_write(self.prefix + BEFORE_STATE_KEY) as handle:
+                handle.write(json.dumps(committed).encode())
+        input_state = self._input_state(committed, streams, reset)
+        if resume:
+            progress.records = {
+                sid: n
+                for sid, n in resume.records.items()
+                if sid in streams and not streams[sid].table.replace
+            }
+            progress.bytes_staged, progress.batches = resume.bytes_staged, resume.batches
+            progress.states = resume.states
+        destination.prepare([s.table for s in streams.values()])
+        catalog = configured_catalog(
+            [
+                {
+                    "stream": {
+                        "name": s.config.name,
+                        "namespace": s.config.namespace,
+                        "json_schema": {},
+                        "supported_sync_modes": [s.config.sync_mode],
+                    },
+                    "sync_mode": s.config.sync_mode,
+                    "destination_sync_mode": "overwrite" if s.table.replace else "append",
+                    "cursor_field": s.cursor_field or None,
+                    "primary_key": s.primary_key or None,
+                }
+                for s in streams.values()
+            ]
+        )
+        files: dict[str, Any] = {"config": self.config, "catalog": catalog}
+        if input_state is not None:
+            files["state"] = input_state
+        log.info("reading", streams=len(streams), incremental=input_state is not None)
+
+        held_states: dict[str, dict[str, Any]] = {}
+        pending_states: dict[str, dict[str, Any]] = {}
+        trace_error: AirbyteMessage | None = None
+        last_beat = time.monotonic()
+        try:
+            with self.connector.read_lines(
+                ["read"], files, on_stderr=lambda line: run_log.write("connector", "stderr", line)
+            ) as lines:
+                for line in lines:
+                    if not line.lstrip().startswith(b"{"):
+                        run_log.write("connector", "stdout", line.decode("utf-8", "replace"))
+                        continue
+                    raw = json.loads(line)
+                    if raw.get("type") == "RECORD":
+                        record = raw["record"]
+                        sid = stream_id(record["stream"], record.get("namespace"))
+                        stream = streams.get(sid)
+                        if stream is None:
+                            run_log.write("sluice", "warn", f"record for unselected stream {sid}")
+                            continue
+                        self._write_record(stream, sid, line, progress)
+                    else:
+                        message = AirbyteMessage.model_validate(raw)
+                        if message.type == Type.STATE and message.state is not None:
+                            state = message.state.model_dump(mode="json", exclude_none=True)
+                            state.pop("sourceStats", None)
+                            state.pop("destinationStats", None)
+                            pending_states[state_key(state)] = state
+                            if sum(self._pending_records(streams).values()) >= self.batch_records:
+                                self._commit(
+                                    destination,
+                                    streams,
+                                    pending_states,
+                                    held_states,
+                                    progress,
+                                    final=False,
+                                )
+                        elif message.type == Type.TRACE and message.trace is not None:
+                            trace_error = self._trace(run_log, message) or trace_error
+                        else:
+                            self._log_message(run_log, message)
+                    now = time.monotonic()
+                    if now - last_beat > _HEARTBEAT_EVERY_SECONDS:
+                        last_beat = now
+                        self._heartbeat(progress)
+                        if self._cancelled():
+                            raise ConnectorError("run cancelled", failure_type="cancelled")
+            if trace_error is not None and trace_error.trace and trace_error.trace.error:
+                error = trace_error.trace.error
+                failure_type = error.failure_type.value if error.failure_type else None
+                raise ConnectorError(
+                    f"connector reported an error ({failure_type or 'unknown'}): {error.message}",
+                    failure_type=failure_type,
+                )
+            self._commit(destination, streams, pending_states, held_states, progress, final=True)
+        except BaseException:
+            for stream in streams.values():
+                if stream.writer is not None:
+                    stream.writer.abandon()
+            destination.discard(s.table for s in streams.values())
+            raise
+        if reset:
+            emitted = set(held_states)
+            destination.forget_state(state_key(m) for m in committed if state_key(m) not in emitted)
+        self._heartbeat(progress)
+        log.info(
+            "sync committed",
+            records=sum(progress.records.values()),
+            batches=progress.batches,
+            states=progress.states,
+        )
+        return SyncOutcome(
+            run_id=self.run_id,
+            streams=[
+                StreamOutcome(
+                    name=s.config.name,
+                    namespace=s.config.namespace,
+                    records=progress.records.get(sid, 0),
+                    columns=list(s.table.columns),
+                )
+                for sid, s in streams.items()
+            ],
+            bytes_staged=progress.bytes_staged,
+            batches=progress.batches,
+            states_committed=progress.states,
+            incremental=input_state is not None,
+        )
+
+    def _write_record(
+        self, stream: _StreamRun, sid: str, line: bytes, progress: SyncProgress
+    ) -> None:
+        if stream.writer is None:
+            stream.batch_number += 1
+            key = (
+                f"{self.prefix}records/attempt-{progress.attempt:03d}/"
+                f"{quote(sid, safe='')}/{stream.batch_number:06d}.jsonl.gz"
+            )
+            stream.writer = _BatchWriter(self.store, key)
+        stream.writer.write(line)
+        if stream.writer.batch.records >= self.batch_records:
+            self._rotate(stream, progress)
+
+    def _rotate(self, stream: _StreamRun, progress: SyncProgress) -> None:
+        if stream.writer is not None:
+            batch = stream.writer.close()
+            stream.writer = None
+            stream.pending.append(batch)
+            progress.bytes_staged += batch.size
+            progress.batches += 1
+
+    @staticmethod
+    def _pending_records(streams: dict[str, _StreamRun]) -> dict[str, int]:
+        return {
+            sid: sum(b.records for b in s.pending) + (s.writer.batch.records if s.writer else 0)
+            for sid, s in streams.items()
+        }
+
+    def _commit(
+        self,
+        destination: DuckDBDestination,
+        streams: dict[str, _StreamRun],
+        pending_states: dict[str, dict[str, Any]],
+        held_states: dict[str, dict[str, Any]],
+        progress: SyncProgress,
+        *,
+        final: bool,
+    ) -> None:
+        for stream in streams.values():
+            self._rotate(stream, progress)
+        replacing = {
+            f"stream:{s.config.namespace or ''}:{s.config.name}"
+            for s in streams.values()
+            if s.table.replace
+        }
+        to_commit = []
+        for key, state in pending_states.items():
+            # A replaced stream's state is committed with its table, when the run completes;
+            # when every stream is replaced (reset), so is any GLOBAL or LEGACY state.
+            if key in replacing or (
+                not key.startswith("stream:") and all(s.table.replace for s in streams.values())
+            ):
+                held_states[key] = state
+            else:
+                to_commit.append(state)
+        if final:
+            to_commit += list(held_states.values())
+        with contextlib.ExitStack() as stack:
+            batches = {
+                sid: [stack.enter_context(self.store.local_path(b.key)) for b in s.pending]
+                for sid, s in streams.items()
+            }
+            counts = {sid: sum(b.records for b in s.pending) for sid, s in streams.items()}
+            destination.commit(
+                batches,
+                {sid: s.table for sid, s in streams.items()},
+                to_commit,
+                self.run_id,
+                replace=[s.table for s in streams.values() if s.table.replace] if final else (),
+            )
+        for sid, count in counts.items():
+            progress.records[sid] = progress.records.get(sid, 0) + count
+            streams[sid].pending.clear()
+        progress.states += len(to_commit)
+        pending_states.clear()
+        log.info("batch committed", records=sum(counts.values()), states=len(to_commit))
+        self._heartbeat(progress)
+
+    @staticmethod
+    def _trace(run_log: RunLog, message: AirbyteMessage) -> AirbyteMessage | None:
+        trace = message.trace
+        assert trace is not None
+        if trace.type == TraceType.ERROR and trace.error is not None:
+            error = trace.error
+            failure_type = error.failure_type.value if error.failure_type else "unknown"
+            run_log.write("connector", "error", f"TRACE ERROR ({failure_type}): {error.message}")
+            if error.internal_message:
+                run_log.write("connector", "error", f"internal: {error.internal_message}")
+            if error.stack_trace:
+                run_log.write("connector", "error", error.stack_trace)
+            return message
+        if trace.type == TraceType.STREAM_STATUS and trace.stream_status is not None:
+            status = trace.stream_status
+            run_log.write(
+                "connector",
+                "trace",
+                f"STREAM_STATUS {status.stream_descriptor.name} {status.status.value}",
+            )
+        elif trace.type == TraceType.ESTIMATE and trace.estimate is not None:
+            run_log.write("connector", "trace", f"ESTIMATE {trace.estimate.name}")
+        else:
+            run_log.write("connector", "trace", f"{trace.type.value}")
+        return None
+
+    @staticmethod
+    def _log_message(run_log: RunLog, message: AirbyteMessage) -> None:
+        if message.type == Type.LOG and message.log is not None:
+            run_log.write("connector", message.log.level.value, message.log.message)
+            if message.log.stack_trace:
+                run_log.write("connector", message.log.level.value, message.log.stack_trace)
+        elif message.type == Type.CONTROL:
+            run_log.write("connector", "control", "CONTROL message (config update not applied)")

@@ -1,0 +1,247 @@
+"""`sluice ...`: the dev server, the worker, syncs, and the newcomer's demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.common import WorkflowIDConflictPolicy
+
+from workers.airbyte.connector import ConnectorError, ConnectorInstaller
+from workers.client import connect
+from workers.connections import ConnectionsFile, ConnectionsFileError, UnknownConnectionError
+from workers.devserver import DevServerError, is_listening, server_command, start_in_background
+from workers.runlog import configure_logging
+from workers.settings import Settings
+from workers.worker import build_worker
+from workflows.models import SyncRequest, SyncSummary
+from workflows.sync import SyncConnectionWorkflow
+
+EXAMPLE_CONNECTION = "faker"
+console = Console(stderr=True)
+out = Console()
+
+
+def _ui_url(settings: Settings, workflow_id: str | None = None) -> str:
+    base = f"http://localhost:{settings.temporal_ui_port}/namespaces/{settings.temporal_namespace}"
+    return f"{base}/workflows/{workflow_id}" if workflow_id else f"{base}/workflows"
+
+
+async def _connect(settings: Settings, attempts: int = 30) -> Client:
+    for attempt in range(attempts):
+        try:
+            return await connect(settings)
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(1)
+    raise AssertionError("unreachable")
+
+
+async def _has_worker(client: Client, settings: Settings) -> bool:
+    response = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=settings.temporal_namespace,
+            task_queue=TaskQueue(name=settings.task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return len(response.pollers) > 0
+
+
+@contextlib.asynccontextmanager
+async def _worker_unless_running(client: Client, settings: Settings) -> AsyncIterator[None]:
+    if await _has_worker(client, settings):
+        console.print(f"[green]✓[/] a worker is polling task queue {settings.task_queue!r}")
+        yield
+        return
+    console.print(
+        f"[green]✓[/] starting a worker in this process (task queue {settings.task_queue!r})"
+    )
+    worker = build_worker(client, settings)
+    async with worker:
+        yield
+
+
+async def start_sync(
+    client: Client, settings: Settings, request: SyncRequest
+) -> WorkflowHandle[Any, SyncSummary]:
+    # One running sync per connection: a second start while one runs fails instead of racing it.
+    return await client.start_workflow(
+        SyncConnectionWorkflow.run,
+        request,
+        id=f"sync-{request.connection_id}",
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        execution_timeout=timedelta(days=2),
+        result_type=SyncSummary,
+    )
+
+
+async def _wait_with_progress(handle: WorkflowHandle[Any, SyncSummary], label: str) -> SyncSummary:
+    with console.status(f"{label}: starting") as status:
+        task = asyncio.ensure_future(handle.result())
+        while not task.done():
+            with contextlib.suppress(Exception):
+                phase = await handle.query(SyncConnectionWorkflow.phase)
+                status.update(f"{label}: {phase}")
+            await asyncio.wait({task}, timeout=0.5)
+        return task.result()
+
+
+def summary_table(
+    title: str, summary: SyncSummary, settings: Settings, workflow_id: str, destination: str
+) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("stream")
+    table.add_column("records", justify="right")
+    for stream, count in summary.records.items():
+        table.add_row(stream, str(count))
+    table.add_section()
+    redactions = ", ".join(f"{k}={v}" for k, v in summary.redactions.items())
+    rows = [
+        ("mode", "incremental (from committed state)" if summary.incremental else "full"),
+        ("bytes staged", str(summary.bytes_staged)),
+        ("redactions", redactions),
+        ("objects purged", f"{summary.objects_purged} (verified empty: {summary.verified_empty})"),
+        ("receipt", summary.receipt_id or "-"),
+        ("data", destination),
+        ("scrubbed log", summary.log_uri or "-"),
+        ("Temporal UI", _ui_url(settings, workflow_id)),
+        ("duration", f"{summary.duration_seconds:.1f}s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def cmd_server(settings: Settings, _args: argparse.Namespace) -> int:
+    settings.state_path.mkdir(parents=True, exist_ok=True)
+    command = server_command(settings)
+    console.print(f"Temporal dev server on {settings.temporal_address}, UI {_ui_url(settings)}")
+    console.print(f"state persisted in {settings.temporal_db}")
+    os.execv(command[0], command)
+    return 0  # pragma: no cover
+
+
+async def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
+    client = await _connect(settings)
+    worker = build_worker(client, settings)
+    console.print(f"worker polling {settings.task_queue!r} on {settings.temporal_address}")
+    await worker.run()
+    return 0
+
+
+async def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
+    request = SyncRequest(connection_id=args.connection, reset=args.reset, streams=args.stream)
+    ConnectionsFile.load(settings.connections_file).get(request.connection_id)
+    client = await _connect(settings, attempts=3)
+    handle = await start_sync(client, settings, request)
+    console.print(f"started {handle.id}: {_ui_url(settings, handle.id)}")
+    if not args.wait:
+        out.print(handle.id)
+        return 0
+    summary = await _wait_with_progress(handle, f"sync {request.connection_id}")
+    out.print_json(summary.model_dump_json())
+    return 0
+
+
+async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    connections = ConnectionsFile.load(settings.connections_file)
+    connection = connections.get(args.connection)
+    installer = ConnectorInstaller(settings.connectors_dir)
+    with console.status(
+        f"installing connector {connection.source.package or connection.source.command[0]}"
+    ):
+        argv = installer.argv(connection.source)
+    console.print(f"[green]✓[/] connector ready: {argv[0]}")
+    if is_listening(settings.temporal_address):
+        console.print(f"[green]✓[/] Temporal is running at {settings.temporal_address}")
+    else:
+        with console.status("starting the Temporal dev server"):
+            start_in_background(settings)
+        console.print(
+            f"[green]✓[/] started the Temporal dev server at {settings.temporal_address} "
+            f"(state in {settings.temporal_db}; log in {settings.state_path / 'temporal.log'})"
+        )
+    client = await _connect(settings)
+    async with _worker_unless_running(client, settings):
+        for number, (label, reset) in enumerate(
+            [("full sync", True), ("incremental sync", False)], start=1
+        ):
+            handle = await start_sync(
+                client, settings, SyncRequest(connection_id=connection.id, reset=reset)
+            )
+            summary = await _wait_with_progress(handle, f"run {number}: {label}")
+            out.print(
+                summary_table(
+                    f"Run {number}: {label} of {connection.id!r} — {summary.status}",
+                    summary,
+                    settings,
+                    handle.id,
+                    str(connection.destination.path),
+                )
+            )
+    out.print(f"Temporal UI: {_ui_url(settings)}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("server", help="run the Temporal dev server (persisted in the state dir)")
+    sub.add_parser("worker", help="run a worker on the task queue")
+    sync = sub.add_parser("sync", help="start a sync of one connection")
+    sync.add_argument("connection")
+    sync.add_argument("--wait", action="store_true", help="wait and print the run summary")
+    sync.add_argument("--reset", action="store_true", help="sync from scratch")
+    sync.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    demo = sub.add_parser(
+        "demo", help="start what is missing, sync the example connection twice, show summaries"
+    )
+    demo.add_argument("--connection", default=EXAMPLE_CONNECTION)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(os.environ.get("SLUICE_LOG_LEVEL", "WARNING"))
+    settings = Settings()
+    try:
+        if args.command == "server":
+            return cmd_server(settings, args)
+        command = {"worker": cmd_worker, "sync": cmd_sync, "demo": cmd_demo}[args.command]
+        return asyncio.run(command(settings, args))
+    except (ConnectionsFileError, UnknownConnectionError, DevServerError, ConnectorError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    except WorkflowAlreadyStartedError as exc:
+        console.print(f"[red]error:[/] a sync is already running as {exc.workflow_id}")
+        return 1
+    except WorkflowFailureError as exc:
+        cause = exc.cause
+        message = getattr(cause, "message", None) or str(cause)
+        console.print(f"[red]sync failed:[/] {message}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

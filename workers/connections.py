@@ -1,0 +1,246 @@
+"""The connections file: what Sluice syncs, declared in TOML.
+
+Secrets never appear in the file: ``source.secrets`` maps a config key to the name of an
+environment variable, resolved by the worker at run time (never in workflow history).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SyncMode = Literal["full_refresh", "incremental"]
+DestinationMode = Literal["append", "overwrite", "append_dedup"]
+
+_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+
+
+class ConnectionsFileError(ValueError):
+    """The connections file is unreadable or invalid; the message names file, connection, field."""
+
+
+class UnknownConnectionError(KeyError):
+    def __init__(self, connection_id: str, path: Path, known: list[str]) -> None:
+        super().__init__(connection_id)
+        self.message = (
+            f"unknown connection {connection_id!r} in {path} (known: {', '.join(known) or 'none'})"
+        )
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    command: list[str] = Field(min_length=1)
+    package: str | None = Field(
+        default=None,
+        description="pip requirement of the connector; installed into its own virtual "
+        "environment, where `command[0]` is looked up.",
+    )
+    config: dict[str, Any] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="config key (dotted path) -> environment variable holding its value",
+    )
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        return value.split() if isinstance(value, str) else value
+
+    @property
+    def connector_name(self) -> str:
+        """The source type, e.g. ``source-faker``: metadata, used to name its virtual env."""
+        if self.package:
+            return re.split(r"[<>=!~\[ ;]", self.package, maxsplit=1)[0].removeprefix("airbyte-")
+        return Path(self.command[0]).name
+
+
+class StreamConfig(_Strict):
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    sync_mode: SyncMode = "full_refresh"
+    destination_mode: DestinationMode = "append"
+    cursor_field: list[str] = Field(default_factory=list)
+    primary_key: list[list[str]] = Field(default_factory=list)
+
+    @field_validator("cursor_field", mode="before")
+    @classmethod
+    def _cursor_path(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _key_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [[value]]
+        if isinstance(value, list):
+            return [[part] if isinstance(part, str) else part for part in value]
+        return value
+
+
+class DestinationConfig(_Strict):
+    type: Literal["duckdb"] = "duckdb"
+    path: Path
+
+
+class Connection(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
+    name: str = ""
+    backend: Literal["local"] = "local"
+    source: SourceConfig
+    destination: DestinationConfig
+    streams: list[StreamConfig] = Field(min_length=1)
+    staging: str | None = Field(default=None, description="staging root URI, e.g. file:///x/")
+    schedule: str | None = Field(default=None, description="cron expression (5 fields)")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise ValueError(f"not a 5-field cron expression: {value!r}")
+        return value
+
+    @field_validator("staging")
+    @classmethod
+    def _staging(cls, value: str | None) -> str | None:
+        if value is not None and not value.endswith("/"):
+            value += "/"
+        return value
+
+    @model_validator(mode="after")
+    def _unique_streams(self) -> Connection:
+        seen: set[tuple[str | None, str]] = set()
+        for stream in self.streams:
+            key = (stream.namespace, stream.name)
+            if key in seen:
+                raise ValueError(f"stream {stream.name!r} is declared twice")
+            seen.add(key)
+        return self
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in item["loc"])
+        parts.append(f"{loc.replace('.[', '[') or '(connection)'}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    destination = raw.get("destination")
+    if isinstance(destination, dict) and isinstance(destination.get("path"), str):
+        path = Path(destination["path"]).expanduser()
+        destination["path"] = str(path if path.is_absolute() else (base / path).resolve())
+    return raw
+
+
+class ConnectionsFile:
+    """A parsed, validated connections file."""
+
+    def __init__(self, path: Path, connections: list[Connection]) -> None:
+        self.path = path
+        self.connections = {c.id: c for c in connections}
+
+    @classmethod
+    def load(cls, path: Path) -> ConnectionsFile:
+        path = path.expanduser().resolve()
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConnectionsFileError(f"{path}: connections file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConnectionsFileError(f"{path}: not valid TOML: {exc}") from None
+        entries = data.get("connections")
+        if not isinstance(entries, list) or not entries:
+            raise ConnectionsFileError(f"{path}: no [[connections]] declared")
+        connections: list[Connection] = []
+        for index, raw in enumerate(entries):
+            label = raw.get("id") if isinstance(raw, dict) else None
+            label = repr(label) if label else f"#{index + 1}"
+            if not isinstance(raw, dict):
+                raise ConnectionsFileError(f"{path}: connection {label}: not a table")
+            try:
+                connection = Connection.model_validate(
+                    _resolve_paths(copy.deepcopy(raw), path.parent)
+                )
+            except ValidationError as exc:
+                raise ConnectionsFileError(
+                    f"{path}: connection {label}: {_describe(exc)}"
+                ) from None
+            if any(c.id == connection.id for c in connections):
+                raise ConnectionsFileError(f"{path}: connection {label}: id declared twice")
+            connections.append(connection)
+        return cls(path, connections)
+
+    def get(self, connection_id: str) -> Connection:
+        try:
+            return self.connections[connection_id]
+        except KeyError:
+            raise UnknownConnectionError(
+                connection_id, self.path, sorted(self.connections)
+            ) from None
+
+
+def resolve_source_config(connection: Connection, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The connector config with its secrets filled in from the environment."""
+    config = copy.deepcopy(connection.source.config)
+    for dotted, variable in connection.source.secrets.items():
+        if variable not in environ:
+            raise ConnectionsFileError(
+                f"connection {connection.id!r}: source.secrets.{dotted}: "
+                f"environment variable {variable} is not set"
+            )
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = environ[variable]
+    return config
+
+
+def secret_values(connection: Connection, config: Mapping[str, Any]) -> list[str]:
+    """Values to scrub as secrets: declared secrets plus fields with well-known secret names."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, path)
+        elif isinstance(node, str) and node:
+            leaf = path.rsplit(".", 1)[-1].lower()
+            if path in connection.source.secrets or any(word in leaf for word in _SECRET_KEY_WORDS):
+                found.append(node)
+
+    walk(config, "")
+    return found
+
+
+_SECRET_KEY_WORDS = (
+    "password",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "private_key",
+    "credentials_json",
+    "access_key",
+    "client_secret",
+    "passphrase",
+)

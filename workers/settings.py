@@ -1,0 +1,70 @@
+"""Every knob of a Sluice process, read once from the environment (prefix ``SLUICE_``).
+
+Settings are validated at start and passed down as a typed object; nothing deeper in the code
+reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", env_file=".env", extra="ignore")
+
+    state_dir: Path = Field(
+        default=Path(".sluice"),
+        description="Where the embedded default keeps its files: dev server database, metadata "
+        "store, staging, retained logs, connector virtual environments, DuckDB warehouse.",
+    )
+    connections_file: Path = Field(
+        default=Path("connections.toml"), description="The connections file (TOML)."
+    )
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "sluice"
+    temporal_ui_port: int = 8233
+    metadata_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the metadata store; default: SQLite in the state dir.",
+    )
+    log_dir: Path | None = Field(
+        default=None, description="Where scrubbed logs are retained; default: STATE_DIR/logs."
+    )
+    staging_uri: str | None = Field(
+        default=None,
+        description="Default staging root for connections that name none; default: "
+        "file://STATE_DIR/staging/.",
+    )
+    batch_records: int = Field(
+        default=10_000, ge=1, description="Records per staged batch file (bounds memory)."
+    )
+    max_concurrent_activities: int = Field(default=8, ge=1)
+
+    @cached_property
+    def state_path(self) -> Path:
+        return self.state_dir.expanduser().resolve()
+
+    @property
+    def resolved_metadata_url(self) -> str:
+        return self.metadata_url or f"sqlite:///{self.state_path / 'metadata.db'}"
+
+    @property
+    def resolved_log_dir(self) -> Path:
+        return (self.log_dir or self.state_path / "logs").expanduser().resolve()
+
+    @property
+    def resolved_staging_uri(self) -> str:
+        return self.staging_uri or (self.state_path / "staging").as_uri() + "/"
+
+    @property
+    def connectors_dir(self) -> Path:
+        return self.state_path / "connectors"
+
+    @property
+    def temporal_db(self) -> Path:
+        return self.state_path / "temporal.db"

@@ -1,0 +1,238 @@
+"""The metadata store: the only thing Sluice retains about a connection.
+
+Configuration metadata (streams, columns, sync modes, cursor *field names*, primary keys), run
+outcomes, purge receipts and where each run's scrubbed log is retained. Never a record value,
+cursor value, state blob or secret. SQLAlchemy Core, so that SQLite (default) and PostgreSQL both
+work. Every write is an upsert keyed by its natural id, so a retried activity writes nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Connection as DBConnection
+from sqlalchemy.engine import Engine
+
+from purge.receipts import PurgeReceipt
+
+metadata = MetaData()
+
+connections = Table(
+    "connections",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("backend", String(32), nullable=False),
+    Column("source_type", String(128), nullable=False),
+    Column("destination_type", String(128), nullable=False),
+    Column("schedule", String(128)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+streams = Table(
+    "streams",
+    metadata,
+    Column("connection_id", String(128), primary_key=True),
+    Column("namespace", String(256), primary_key=True),
+    Column("name", String(256), primary_key=True),
+    Column("sync_mode", String(32), nullable=False),
+    Column("destination_mode", String(32), nullable=False),
+    Column("cursor_field", JSON, nullable=False),
+    Column("primary_key", JSON, nullable=False),
+    Column("columns", JSON, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("connection_id", String(128), nullable=False, index=True),
+    Column("workflow_id", String(256), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("duration_seconds", Float, nullable=False),
+    Column("incremental", Boolean, nullable=False, default=False),
+    Column("records", Integer, nullable=False, default=0),
+    Column("records_by_stream", JSON, nullable=False),
+    Column("bytes_staged", Integer, nullable=False, default=0),
+    Column("redactions", JSON, nullable=False),
+    Column("receipt_id", String(128)),
+    Column("error", Text),
+)
+
+purge_receipts = Table(
+    "purge_receipts",
+    metadata,
+    Column("receipt_id", String(128), primary_key=True),
+    Column("run_id", String(64), index=True),
+    Column("target", Text, nullable=False),
+    Column("dry_run", Boolean, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("objects_deleted", Integer, nullable=False),
+    Column("versions_deleted", Integer, nullable=False),
+    Column("bytes_deleted", Integer, nullable=False),
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("remaining", Integer, nullable=False),
+    Column("verified_empty", Boolean, nullable=False),
+    Column("failures", JSON, nullable=False),
+    Column("store_settings", JSON, nullable=False),
+)
+
+retained_logs = Table(
+    "retained_logs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("connection_id", String(128), nullable=False, index=True),
+    Column("uri", Text, nullable=False),
+    Column("lines", Integer, nullable=False),
+    Column("redactions", JSON, nullable=False),
+    Column("retained_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MetadataStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+
+    @classmethod
+    def from_url(cls, url: str) -> MetadataStore:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return cls(create_engine(url, future=True))
+
+    @staticmethod
+    def _upsert(
+        db: DBConnection, table: Table, key: Mapping[str, Any], row: Mapping[str, Any]
+    ) -> None:
+        # Delete-then-insert in one transaction: portable across SQLite and PostgreSQL.
+        condition = [table.c[name] == value for name, value in key.items()]
+        db.execute(delete(table).where(*condition))
+        db.execute(insert(table).values({**key, **row}))
+
+    def retain_connection(
+        self,
+        *,
+        connection_id: str,
+        name: str,
+        backend: str,
+        source_type: str,
+        destination_type: str,
+        schedule: str | None,
+        stream_rows: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Replace the connection's metadata with what this run saw."""
+        with self.engine.begin() as db:
+            self._upsert(
+                db,
+                connections,
+                {"id": connection_id},
+                {
+                    "name": name,
+                    "backend": backend,
+                    "source_type": source_type,
+                    "destination_type": destination_type,
+                    "schedule": schedule,
+                    "updated_at": _now(),
+                },
+            )
+            for row in stream_rows:
+                self._upsert(
+                    db,
+                    streams,
+                    {
+                        "connection_id": connection_id,
+                        "namespace": row.get("namespace") or "",
+                        "name": row["name"],
+                    },
+                    {k: v for k, v in row.items() if k not in {"namespace", "name"}},
+                )
+
+    def record_run(self, row: Mapping[str, Any]) -> None:
+        with self.engine.begin() as db:
+            self._upsert(
+                db, runs, {"run_id": row["run_id"]}, {k: v for k, v in row.items() if k != "run_id"}
+            )
+
+    def record_receipt(self, receipt: PurgeReceipt, run_id: str | None) -> None:
+        row = receipt.model_dump()
+        row["run_id"] = run_id
+        with self.engine.begin() as db:
+            self._upsert(
+                db,
+                purge_receipts,
+                {"receipt_id": receipt.receipt_id},
+                {k: v for k, v in row.items() if k != "receipt_id" and k in purge_receipts.c},
+            )
+
+    def record_retained_log(
+        self, *, run_id: str, connection_id: str, uri: str, lines: int, redactions: dict[str, int]
+    ) -> None:
+        with self.engine.begin() as db:
+            self._upsert(
+                db,
+                retained_logs,
+                {"run_id": run_id},
+                {
+                    "connection_id": connection_id,
+                    "uri": uri,
+                    "lines": lines,
+                    "redactions": redactions,
+                    "retained_at": _now(),
+                },
+            )
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as db:
+            row = db.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
+            return dict(row) if row else None
+
+    def get_receipt(self, receipt_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as db:
+            row = (
+                db.execute(select(purge_receipts).where(purge_receipts.c.receipt_id == receipt_id))
+                .mappings()
+                .first()
+            )
+            return dict(row) if row else None
+
+    def stream_rows(self, connection_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as db:
+            rows = db.execute(
+                select(streams).where(streams.c.connection_id == connection_id)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def dump_text(self) -> str:
+        """Every row of every table as text; tests search it for values that must not be there."""
+        parts = []
+        with self.engine.connect() as db:
+            for table in metadata.sorted_tables:
+                for row in db.execute(select(table)).mappings():
+                    parts.append(f"{table.name}: {dict(row)!r}")
+        return "\n".join(parts)

@@ -1,0 +1,32 @@
+"""How a Sluice worker is built: the workflows, the activities and their clients."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from workers.activities.sync import SyncActivities
+from workers.airbyte.connector import ConnectorInstaller
+from workers.settings import Settings
+from workers.store.metadata import MetadataStore
+from workflows.sync import SyncConnectionWorkflow
+
+
+def build_worker(client: Client, settings: Settings) -> Worker:
+    activities = SyncActivities(
+        settings=settings,
+        store=MetadataStore.from_url(settings.resolved_metadata_url),
+        installer=ConnectorInstaller(settings.connectors_dir),
+        environ=os.environ,
+    )
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[SyncConnectionWorkflow],
+        activities=activities.all(),
+        activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
+        max_concurrent_activities=settings.max_concurrent_activities,
+    )

@@ -1,0 +1,137 @@
+"""The contracts that cross the Temporal boundary.
+
+Every field is metadata: ids, names, counts, timings, receipts. Never record values, cursor values,
+state blobs or secrets (ARCHITECTURE invariant 6). New fields get defaults so that old histories
+still decode.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from purge.receipts import PurgeReceipt
+
+__all__ = [
+    "PurgeInput",
+    "PurgeReceipt",
+    "RecordRunInput",
+    "RetainMetadataInput",
+    "RunPlan",
+    "RunSyncInput",
+    "ScrubLogsInput",
+    "ScrubOutcome",
+    "StreamOutcome",
+    "SyncOutcome",
+    "SyncRequest",
+    "SyncSummary",
+]
+
+
+class ActivityName:
+    """Activity names, so that workflows never import activity code."""
+
+    PLAN_RUN = "plan_run"
+    RUN_SYNC = "run_sync"
+    SCRUB_LOGS = "scrub_logs"
+    RETAIN_METADATA = "retain_metadata"
+    PURGE_STAGING = "purge_staging"
+    RECORD_RUN = "record_run"
+
+
+class SyncRequest(BaseModel):
+    """Input of SyncConnectionWorkflow, typed by operators as JSON in the Temporal UI.
+
+    Example: ``{"connection_id": "faker"}`` or ``{"connection_id": "faker", "reset": true}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: str = Field(min_length=1)
+    reset: bool = Field(
+        default=False,
+        description="Sync from scratch: ignore the committed state and replace each stream's "
+        "data with what this run reads.",
+    )
+    streams: list[str] | None = Field(
+        default=None, description="Sync only these streams of the connection."
+    )
+
+
+class RunPlan(BaseModel):
+    connection_id: str
+    run_id: str
+    staging_uri: str
+    staging_prefix: str
+    streams: list[str]
+
+
+class RunSyncInput(BaseModel):
+    plan: RunPlan
+    reset: bool = False
+
+
+class StreamOutcome(BaseModel):
+    name: str
+    namespace: str | None = None
+    records: int = 0
+    columns: list[str] = Field(default_factory=list)
+
+
+class SyncOutcome(BaseModel):
+    run_id: str
+    streams: list[StreamOutcome]
+    bytes_staged: int = 0
+    batches: int = 0
+    states_committed: int = 0
+    incremental: bool = Field(default=False, description="The run started from a committed state.")
+
+
+class ScrubLogsInput(BaseModel):
+    plan: RunPlan
+
+
+class ScrubOutcome(BaseModel):
+    redactions: dict[str, int]
+    lines: int
+    log_uri: str
+
+
+class RetainMetadataInput(BaseModel):
+    plan: RunPlan
+    streams: list[StreamOutcome]
+
+
+class PurgeInput(BaseModel):
+    plan: RunPlan
+
+
+class RecordRunInput(BaseModel):
+    plan: RunPlan
+    workflow_id: str
+    status: Literal["succeeded", "failed"]
+    started_at: datetime
+    finished_at: datetime
+    outcome: SyncOutcome | None = None
+    scrub: ScrubOutcome | None = None
+    receipt: PurgeReceipt | None = None
+    error: str | None = Field(default=None, description="Scrubbed failure message.")
+
+
+class SyncSummary(BaseModel):
+    """What a run tells its caller: counts and ids, no record or cursor values."""
+
+    connection_id: str
+    run_id: str
+    status: Literal["succeeded", "failed"]
+    records: dict[str, int]
+    bytes_staged: int
+    incremental: bool
+    redactions: dict[str, int]
+    objects_purged: int
+    receipt_id: str | None
+    verified_empty: bool
+    log_uri: str | None
+    duration_seconds: float
