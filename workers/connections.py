@@ -7,6 +7,8 @@ environment variable, resolved by the worker at run time (never in workflow hist
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -57,6 +59,17 @@ class SourceConfig(_Strict):
     @classmethod
     def _split_command(cls, value: Any) -> Any:
         return value.split() if isinstance(value, str) else value
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies what `discover` depends on, without secret values (only their sources)."""
+        spec = {
+            "command": self.command,
+            "package": self.package,
+            "config": self.config,
+            "secrets": self.secrets,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
     @property
     def connector_name(self) -> str:

@@ -14,7 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SLUICE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     state_dir: Path = Field(
         default=Path(".sluice"),
@@ -40,6 +42,12 @@ class Settings(BaseSettings):
         description="Default staging root for connections that name none; default: "
         "file://STATE_DIR/staging/.",
     )
+    connectors_dir_override: Path | None = Field(
+        default=None,
+        alias="SLUICE_CONNECTORS_DIR",
+        description="Where connectors are installed, one virtual environment each; default: "
+        "STATE_DIR/connectors.",
+    )
     batch_records: int = Field(
         default=10_000, ge=1, description="Records per staged batch file (bounds memory)."
     )
@@ -63,7 +71,9 @@ class Settings(BaseSettings):
 
     @property
     def connectors_dir(self) -> Path:
-        return self.state_path / "connectors"
+        return (
+            (self.connectors_dir_override or self.state_path / "connectors").expanduser().resolve()
+        )
 
     @property
     def temporal_db(self) -> Path:

@@ -134,6 +134,7 @@ class SyncActivities:
                     batch_records=self.settings.batch_records,
                     heartbeat=heartbeater.update,
                     cancelled=activity.is_cancelled,
+                    catalog_cache=self.store,
                 )
                 declared = [s.name for s in connection.streams]
                 only = None if plan.streams == declared else plan.streams

@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 import structlog
@@ -33,6 +33,14 @@ log = structlog.get_logger(__name__)
 
 BEFORE_STATE_KEY = "state/before.json"
 _HEARTBEAT_EVERY_SECONDS = 5.0
+
+
+class CatalogCache(Protocol):
+    def cached_catalog(self, connection_id: str, fingerprint: str) -> dict[str, Any] | None: ...
+
+    def cache_catalog(
+        self, connection_id: str, fingerprint: str, catalog: dict[str, Any]
+    ) -> None: ...
 
 
 class SyncConfigError(ValueError):
@@ -111,6 +119,7 @@ class LocalSync:
         batch_records: int,
         heartbeat: Callable[[SyncProgress], None],
         cancelled: Callable[[], bool] = lambda: False,
+        catalog_cache: CatalogCache | None = None,
     ) -> None:
         self.connection = connection
         self.connector = connector
@@ -121,6 +130,22 @@ class LocalSync:
         self.batch_records = batch_records
         self._heartbeat = heartbeat
         self._cancelled = cancelled
+        self._catalog_cache = catalog_cache
+
+    def _catalog(self, refresh: bool) -> dict[str, Any]:
+        """The source's catalog: discovered on the first run, after a change of the source's
+        command or config, and on a reset; cached in the metadata store otherwise (discover
+        costs a connector start-up on every run, as much as a small sync)."""
+        source = self.connection.source
+        if self._catalog_cache is not None and not refresh:
+            cached = self._catalog_cache.cached_catalog(self.connection.id, source.fingerprint)
+            if cached is not None:
+                return cached
+        log.info("discovering streams", connection=self.connection.id)
+        catalog = self.connector.discover(self.config)
+        if self._catalog_cache is not None:
+            self._catalog_cache.cache_catalog(self.connection.id, source.fingerprint, catalog)
+        return catalog
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -220,8 +245,7 @@ class LocalSync:
         only: list[str] | None,
         resume: SyncProgress | None,
     ) -> SyncOutcome:
-        log.info("discovering streams", connection=self.connection.id, attempt=progress.attempt)
-        streams = self._plan_streams(self.connector.discover(self.config), only, reset)
+        streams = self._plan_streams(self._catalog(refresh=reset), only, reset)
         committed = destination.committed_state()
         if not self.store.exists(self.prefix + BEFORE_STATE_KEY):
             # Kept (in staging, purged with it) for the scrubber: the values of the state the

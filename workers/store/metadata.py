@@ -110,6 +110,15 @@ retained_logs = Table(
     Column("retained_at", DateTime(timezone=True), nullable=False),
 )
 
+catalogs = Table(
+    "catalogs",
+    metadata,
+    Column("connection_id", String(128), primary_key=True),
+    Column("source_fingerprint", String(64), nullable=False),
+    Column("catalog", JSON, nullable=False),
+    Column("discovered_at", DateTime(timezone=True), nullable=False),
+)
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -205,6 +214,26 @@ class MetadataStore:
                     "redactions": redactions,
                     "retained_at": _now(),
                 },
+            )
+
+    def cached_catalog(self, connection_id: str, fingerprint: str) -> dict[str, Any] | None:
+        """The source's discovered catalog (stream and column names, types), if still valid."""
+        with self.engine.connect() as db:
+            row = db.execute(
+                select(catalogs.c.catalog).where(
+                    catalogs.c.connection_id == connection_id,
+                    catalogs.c.source_fingerprint == fingerprint,
+                )
+            ).first()
+            return dict(row[0]) if row else None
+
+    def cache_catalog(self, connection_id: str, fingerprint: str, catalog: dict[str, Any]) -> None:
+        with self.engine.begin() as db:
+            self._upsert(
+                db,
+                catalogs,
+                {"connection_id": connection_id},
+                {"source_fingerprint": fingerprint, "catalog": catalog, "discovered_at": _now()},
             )
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:

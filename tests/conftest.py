@@ -1,0 +1,154 @@
+"""Fixtures that start the real parts: the Temporal dev server, a worker, the faker connector."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from workers.airbyte.connector import ConnectorInstaller
+from workers.connections import SourceConfig
+from workers.devserver import temporal_cli
+from workers.settings import Settings
+from workers.store.metadata import MetadataStore
+from workers.worker import build_worker
+
+REPO = Path(__file__).resolve().parent.parent
+CONNECTORS_DIR = Path(
+    # Shared across test sessions: installing a connector takes half a minute.
+    REPO / ".cache" / "connectors"
+)
+FAKER = SourceConfig(package="airbyte-source-faker==7.2.1", command=["source-faker"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def faker_command() -> str:
+    """The real source-faker from PyPI, in its own virtual environment."""
+    return ConnectorInstaller(CONNECTORS_DIR).argv(FAKER)[0]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=temporal_cli(),
+        port=free_port(),
+        ui=False,
+        dev_server_log_level="error",
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@dataclass
+class Sluice:
+    """A worker of our own, on its own task queue, with a state dir and connections file."""
+
+    settings: Settings
+    client: Client
+
+    @property
+    def metadata(self) -> MetadataStore:
+        return MetadataStore.from_url(self.settings.resolved_metadata_url)
+
+    @property
+    def staging_root(self) -> Path:
+        return self.settings.state_path / "staging"
+
+
+def write_connections(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def make(connections: str, **overrides: Any) -> Settings:
+        connections_file = write_connections(tmp_path / "connections.toml", connections)
+        return Settings(
+            state_dir=tmp_path / "state",
+            connections_file=connections_file,
+            task_queue=f"test-{uuid.uuid4().hex[:8]}",
+            connectors_dir_override=CONNECTORS_DIR,
+            **overrides,
+        )
+
+    return make
+
+
+@pytest_asyncio.fixture
+async def run_worker(client: Client) -> AsyncIterator[Callable[[Settings], Any]]:
+    workers = []
+
+    async def start(settings: Settings) -> Sluice:
+        worker = build_worker(client, settings)
+        await worker.__aenter__()
+        workers.append(worker)
+        return Sluice(settings, client)
+
+    yield start
+    for worker in reversed(workers):
+        await worker.__aexit__(None, None, None)
+
+
+def protocol_connector(tmp_path: Path, name: str, read_body: str) -> Path:
+    """A small Airbyte protocol source written in Python, for failure cases real sources
+    cannot be made to produce on demand. `read_body` prints the messages of `read`."""
+    script = tmp_path / name
+    script.write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent(
+            """
+            import json, sys
+            def emit(message):
+                print(json.dumps(message), flush=True)
+            SCHEMA = {"type": "object", "properties": {
+                "id": {"type": "integer"}, "updated_at": {"type": "string"}}}
+            verb = sys.argv[1]
+            if verb == "spec":
+                emit({"type": "SPEC", "spec": {"connectionSpecification": {}}})
+            elif verb == "check":
+                emit({"type": "CONNECTION_STATUS", "connectionStatus": {"status": "SUCCEEDED"}})
+            elif verb == "discover":
+                emit({"type": "CATALOG", "catalog": {"streams": [{"name": "items",
+                    "json_schema": SCHEMA, "supported_sync_modes": ["full_refresh", "incremental"],
+                    "source_defined_cursor": True, "default_cursor_field": ["updated_at"],
+                    "source_defined_primary_key": [["id"]]}]}})
+            elif verb == "read":
+                def record(i, updated_at):
+                    emit({"type": "RECORD", "record": {"stream": "items",
+                          "data": {"id": i, "updated_at": updated_at}, "emitted_at": 1700000000000}})
+                def state(updated_at):
+                    emit({"type": "STATE", "state": {"type": "STREAM", "stream": {
+                          "stream_descriptor": {"name": "items"},
+                          "stream_state": {"updated_at": updated_at}}}})
+            """
+        )
+        + textwrap.indent(textwrap.dedent(read_body), "    ")
+    )
+    script.chmod(0o755)
+    return script
