@@ -141,7 +141,8 @@ def protocol_connector(tmp_path: Path, name: str, read_body: str) -> Path:
             elif verb == "read":
                 def record(i, updated_at):
                     emit({"type": "RECORD", "record": {"stream": "items",
-                          "data": {"id": i, "updated_at": updated_at}, "emitted_at": 1700000000000}})
+                          "data": {"id": i, "updated_at": updated_at},
+                          "emitted_at": 1700000000000}})
                 def state(updated_at):
                     emit({"type": "STATE", "state": {"type": "STREAM", "stream": {
                           "stream_descriptor": {"name": "items"},
