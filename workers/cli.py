@@ -107,7 +107,7 @@ def summary_table(
 ) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("stream")
-    table.add_column("records", justify="right")
+    table.add_column("records", justify="right", overflow="fold")
     for stream, count in summary.records.items():
         table.add_row(stream, str(count))
     table.add_section()

@@ -229,10 +229,10 @@ class SyncActivities:
     def purge_staging(self, request: PurgeInput) -> PurgeReceipt:
         plan = request.plan
         receipt_id = f"purge-{plan.run_id}"
-        existing = self.store.get_receipt(receipt_id)
-        if existing and existing["verified_empty"]:
+        existing = self.store.receipt(receipt_id)
+        if existing is not None and existing.verified_empty:
             # A retry after the receipt was written: never a second receipt.
-            return PurgeReceipt.model_validate(existing)
+            return existing
         heartbeater = Heartbeater(0)
         with heartbeater.running():
             receipt = purge_prefix(

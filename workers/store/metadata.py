@@ -94,6 +94,7 @@ purge_receipts = Table(
     Column("bytes_deleted", Integer, nullable=False),
     Column("manifest_sha256", String(64), nullable=False),
     Column("remaining", Integer, nullable=False),
+    Column("objects_failed", Integer, nullable=False, default=0),
     Column("verified_empty", Boolean, nullable=False),
     Column("failures", JSON, nullable=False),
     Column("store_settings", JSON, nullable=False),
@@ -249,6 +250,16 @@ class MetadataStore:
                 .first()
             )
             return dict(row) if row else None
+
+    def receipt(self, receipt_id: str) -> PurgeReceipt | None:
+        row = self.get_receipt(receipt_id)
+        if row is None:
+            return None
+        for stamp in ("started_at", "finished_at"):
+            # SQLite hands timestamps back without their zone; they were written in UTC.
+            if row[stamp].tzinfo is None:
+                row[stamp] = row[stamp].replace(tzinfo=UTC)
+        return PurgeReceipt.model_validate(row)
 
     def stream_rows(self, connection_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as db:
