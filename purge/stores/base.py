@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,7 +31,15 @@ class DeleteResult:
 
     deleted: list[StoredObject]
     failed: list[tuple[StoredObject, str]]
-    """Each object that could not be deleted, with the reason."""
+    """Each object that could not be deleted and never will be by retrying (Object Lock, legal
+    hold, AccessDenied), with the reason."""
+    retry: list[tuple[StoredObject, str]] = field(default_factory=list)
+    """Each object whose delete failed transiently (throttling, 5xx, InternalError), with the
+    reason: the purge pipeline retries these with backoff, and reports them as failed once its
+    attempts are spent."""
+    throttled: bool = False
+    """The service asked us to slow down (S3 SlowDown / 503, Azure 503 ServerBusy): the purge
+    pipeline lowers its concurrency."""
 
 
 class UnsafePrefixError(ValueError):
