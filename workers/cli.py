@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -20,12 +21,17 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from purge.purge import purge_prefix
+from purge.stores import UnsupportedStoreError, open_store
+from purge.targets import TargetRefusedError, parse_target
 from workers.airbyte.connector import ConnectorError, ConnectorInstaller
 from workers.client import connect
 from workers.connections import ConnectionsFile, ConnectionsFileError, UnknownConnectionError
 from workers.devserver import DevServerError, is_listening, server_command, start_in_background
 from workers.runlog import configure_logging
 from workers.settings import Settings
+from workers.storage import purge_allow_list, store_options
+from workers.store.metadata import MetadataStore
 from workers.worker import build_worker
 from workflows.models import SyncRequest, SyncSummary
 from workflows.sync import SyncConnectionWorkflow
@@ -202,6 +208,38 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        connections: ConnectionsFile | None = ConnectionsFile.load(settings.connections_file)
+    except ConnectionsFileError:
+        connections = None  # purging must not depend on a valid connections file
+    target = parse_target(args.uri, purge_allow_list(settings, connections))
+    if not args.dry_run and not args.yes:
+        if not sys.stdin.isatty():
+            console.print(
+                f"[red]error:[/] purging {target.uri} deletes every object and version "
+                "under it; pass --yes (or --dry-run)"
+            )
+            return 2
+        if input(f"delete everything under {target.uri}? [y/N] ").strip().lower() != "y":
+            return 1
+    store = open_store(target.store_uri, store_options(settings))
+    receipt = purge_prefix(
+        store, target.prefix, receipt_id=f"purge-cli-{uuid.uuid4()}", dry_run=args.dry_run
+    )
+    MetadataStore.from_url(settings.resolved_metadata_url).record_receipt(receipt, None)
+    out.print_json(receipt.model_dump_json())
+    if args.dry_run:
+        return 0
+    if not receipt.verified_empty:
+        console.print(
+            f"[red]not purged:[/] {receipt.remaining} objects remain, "
+            f"{receipt.objects_failed} could not be deleted"
+        )
+        return 1
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +250,14 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--wait", action="store_true", help="wait and print the run summary")
     sync.add_argument("--reset", action="store_true", help="sync from scratch")
     sync.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    purge = sub.add_parser(
+        "purge", help="delete every object and version under a URI, verify, print the receipt"
+    )
+    purge.add_argument(
+        "uri", help="file:///abs/dir/prefix/, s3://bucket/prefix/ or az://container/prefix/"
+    )
+    purge.add_argument("--dry-run", action="store_true", help="list what would go; delete nothing")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     demo = sub.add_parser(
         "demo", help="start what is missing, sync the example connection twice, show summaries"
     )
@@ -226,9 +272,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "server":
             return cmd_server(settings, args)
+        if args.command == "purge":
+            return cmd_purge(settings, args)
         command = {"worker": cmd_worker, "sync": cmd_sync, "demo": cmd_demo}[args.command]
         return asyncio.run(command(settings, args))
-    except (ConnectionsFileError, UnknownConnectionError, DevServerError, ConnectorError) as exc:
+    except (
+        ConnectionsFileError,
+        UnknownConnectionError,
+        DevServerError,
+        ConnectorError,
+        TargetRefusedError,
+        UnsupportedStoreError,
+    ) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
     except WorkflowAlreadyStartedError as exc:

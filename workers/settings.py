@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -52,6 +53,27 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Records per staged batch file (bounds memory)."
     )
     max_concurrent_activities: int = Field(default=8, ge=1)
+    purge_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="URI prefixes that may be purged, comma-separated (besides the staging "
+        "URIs of the settings and of every connection, which are always allowed).",
+    )
+    azure_storage_connection_string: str | None = Field(
+        default=None, alias="AZURE_STORAGE_CONNECTION_STRING"
+    )
+    azure_account_url: str | None = Field(
+        default=None, description="e.g. https://ACCOUNT.blob.core.windows.net"
+    )
+    azure_credential: str | None = Field(
+        default=None, description="account key or SAS token for azure_account_url"
+    )
+
+    @field_validator("purge_allow", mode="before")
+    @classmethod
+    def _split_allow(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @cached_property
     def state_path(self) -> Path:

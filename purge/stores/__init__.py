@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from purge.stores.base import (
     DeleteResult,
@@ -20,6 +22,7 @@ __all__ = [
     "DeleteResult",
     "LocalStagingStore",
     "StagingStore",
+    "StoreOptions",
     "StoredObject",
     "UnsafeKeyError",
     "UnsafePrefixError",
@@ -30,11 +33,21 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class StoreOptions:
+    """How to reach the stores that need more than their URI (credentials come from the
+    standard AWS settings for S3)."""
+
+    azure_connection_string: str | None = None
+    azure_account_url: str | None = None
+    azure_credential: Any = None
+
+
 class UnsupportedStoreError(ValueError):
     """A storage URI this build cannot open; raised at start-up, before any data is staged."""
 
 
-def open_store(uri: str) -> StagingStore:
+def open_store(uri: str, options: StoreOptions | None = None) -> StagingStore:
     """Open the store a URI names: file:///abs/dir/ today; s3:// and az:// are planned."""
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.lower()

@@ -22,6 +22,7 @@ from purge.purge import purge_prefix
 from purge.receipts import PurgeReceipt
 from purge.scrub import LogScrubber, state_leaf_values
 from purge.stores import open_store
+from purge.targets import TargetRefusedError, parse_target
 from workers.activities.heartbeat import Heartbeater, resume_details
 from workers.airbyte.connector import (
     Connector,
@@ -41,6 +42,7 @@ from workers.connections import (
 )
 from workers.runlog import read_raw_logs
 from workers.settings import Settings
+from workers.storage import purge_allow_list, store_options
 from workers.store.metadata import MetadataStore
 from workflows.models import (
     ActivityName,
@@ -128,7 +130,7 @@ class SyncActivities:
                     connection=connection,
                     connector=Connector(argv),
                     config=config,
-                    store=open_store(plan.staging_uri),
+                    store=open_store(plan.staging_uri, store_options(self.settings)),
                     prefix=plan.staging_prefix,
                     run_id=plan.run_id,
                     batch_records=self.settings.batch_records,
@@ -152,7 +154,7 @@ class SyncActivities:
     def _scrubber(self, connection: Connection, plan: RunPlan) -> LogScrubber:
         """A scrubber for this run: state before and after, and the connector's secrets."""
         states: list[Any] = []
-        store = open_store(plan.staging_uri)
+        store = open_store(plan.staging_uri, store_options(self.settings))
         if store.exists(plan.staging_prefix + BEFORE_STATE_KEY):
             with store.open_read(plan.staging_prefix + BEFORE_STATE_KEY) as handle:
                 states.extend(json.loads(handle.read()))
@@ -171,7 +173,7 @@ class SyncActivities:
         plan = request.plan
         connection = self._connection(plan.connection_id)
         scrubber = self._scrubber(connection, plan)
-        store = open_store(plan.staging_uri)
+        store = open_store(plan.staging_uri, store_options(self.settings))
         target = self.settings.resolved_log_dir / plan.connection_id / f"{plan.run_id}.log"
         target.parent.mkdir(parents=True, exist_ok=True)
         lines = 0
@@ -233,11 +235,19 @@ class SyncActivities:
         if existing is not None and existing.verified_empty:
             # A retry after the receipt was written: never a second receipt.
             return existing
+        connections = ConnectionsFile.load(self.settings.connections_file)
+        try:
+            target = parse_target(
+                plan.staging_uri + plan.staging_prefix,
+                purge_allow_list(self.settings, connections),
+            )
+        except TargetRefusedError as exc:
+            raise _fail("PurgeRefused", str(exc)) from None
         heartbeater = Heartbeater(0)
         with heartbeater.running():
             receipt = purge_prefix(
-                open_store(plan.staging_uri),
-                plan.staging_prefix,
+                open_store(target.store_uri, store_options(self.settings)),
+                target.prefix,
                 receipt_id=receipt_id,
                 on_progress=heartbeater.update,
             )
