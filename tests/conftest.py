@@ -20,11 +20,13 @@ from temporalio.testing import WorkflowEnvironment
 from workers.airbyte.connector import ConnectorInstaller
 from workers.connections import SourceConfig
 from workers.devserver import temporal_cli
+from workers.runlog import configure_logging
 from workers.settings import Settings
 from workers.store.metadata import MetadataStore
 from workers.worker import build_worker
 
 REPO = Path(__file__).resolve().parent.parent
+configure_logging("WARNING")
 CONNECTORS_DIR = Path(
     # Shared across test sessions: installing a connector takes half a minute.
     REPO / ".cache" / "connectors"

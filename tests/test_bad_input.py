@@ -153,7 +153,7 @@ async def test_connector_exiting_non_zero_mid_stream_keeps_staging_and_loads_onl
     run = sluice.metadata.get_run(run_dirs[0].name)
     assert run is not None and run["status"] == "failed" and "HTTP 502" in run["error"]
     assert run["receipt_id"] is None
-    log = next((sluice.settings.resolved_log_dir / "items").glob("*.log")).read_text()
+    log = next((sluice.settings.state_path / "logs" / "items").rglob("*.log")).read_text()
     assert "HTTP 502" in log and "2024-01-03T00:00:00Z" not in log
 
 

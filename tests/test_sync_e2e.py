@@ -203,6 +203,7 @@ async def test_faker_twice_full_then_incremental(
     logs = [Path(s.log_uri.removeprefix("file://")).read_text() for s in summaries if s.log_uri]
     assert "Setting state of SourceFaker stream to [REDACTED:state]" in logs[1]
     assert "connecting with api_key=[REDACTED:secret]" in logs[0]
+    assert " sluice INFO sync committed " in logs[0]  # the worker's own lines for the run
     retained = {
         "logs": "\n".join(logs),
         "metadata store": sluice.metadata.dump_text(),

@@ -35,8 +35,13 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the metadata store; default: SQLite in the state dir.",
     )
-    log_dir: Path | None = Field(
-        default=None, description="Where scrubbed logs are retained; default: STATE_DIR/logs."
+    log_store: str | None = Field(
+        default=None,
+        description="URI of the store where scrubbed logs are retained (file://, s3://, az://); "
+        "default: file://STATE_DIR/logs/.",
+    )
+    log_retention_days: float = Field(
+        default=14, gt=0, description="Retained logs older than this are swept."
     )
     staging_uri: str | None = Field(
         default=None,
@@ -84,8 +89,9 @@ class Settings(BaseSettings):
         return self.metadata_url or f"sqlite:///{self.state_path / 'metadata.db'}"
 
     @property
-    def resolved_log_dir(self) -> Path:
-        return (self.log_dir or self.state_path / "logs").expanduser().resolve()
+    def resolved_log_store(self) -> str:
+        uri = self.log_store or (self.state_path / "logs").as_uri() + "/"
+        return uri if uri.endswith("/") else uri + "/"
 
     @property
     def resolved_staging_uri(self) -> str:

@@ -8,18 +8,25 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from purge.stores import open_store
 from workers.activities.sync import SyncActivities
 from workers.airbyte.connector import ConnectorInstaller
+from workers.retained_logs import LogRetention
 from workers.settings import Settings
+from workers.storage import store_options
 from workers.store.metadata import MetadataStore
 from workflows.sync import SyncConnectionWorkflow
 
 
 def build_worker(client: Client, settings: Settings) -> Worker:
+    metadata = MetadataStore.from_url(settings.resolved_metadata_url)
     activities = SyncActivities(
         settings=settings,
-        store=MetadataStore.from_url(settings.resolved_metadata_url),
+        store=metadata,
         installer=ConnectorInstaller(settings.connectors_dir),
+        log_retention=LogRetention(
+            open_store(settings.resolved_log_store, store_options(settings)), metadata
+        ),
         environ=os.environ,
     )
     return Worker(

@@ -21,7 +21,6 @@ __all__ = [
     "RetainMetadataInput",
     "RunPlan",
     "RunSyncInput",
-    "ScrubLogsInput",
     "ScrubOutcome",
     "StreamOutcome",
     "SyncOutcome",
@@ -35,7 +34,6 @@ class ActivityName:
 
     PLAN_RUN = "plan_run"
     RUN_SYNC = "run_sync"
-    SCRUB_LOGS = "scrub_logs"
     RETAIN_METADATA = "retain_metadata"
     PURGE_STAGING = "purge_staging"
     RECORD_RUN = "record_run"
@@ -80,6 +78,14 @@ class StreamOutcome(BaseModel):
     columns: list[str] = Field(default_factory=list)
 
 
+class ScrubOutcome(BaseModel):
+    """The retained, scrubbed log of one run attempt."""
+
+    redactions: dict[str, int]
+    lines: int
+    log_uri: str
+
+
 class SyncOutcome(BaseModel):
     run_id: str
     streams: list[StreamOutcome]
@@ -87,16 +93,9 @@ class SyncOutcome(BaseModel):
     batches: int = 0
     states_committed: int = 0
     incremental: bool = Field(default=False, description="The run started from a committed state.")
-
-
-class ScrubLogsInput(BaseModel):
-    plan: RunPlan
-
-
-class ScrubOutcome(BaseModel):
-    redactions: dict[str, int]
-    lines: int
-    log_uri: str
+    scrub: ScrubOutcome | None = Field(
+        default=None, description="The attempt's scrubbed log, retained."
+    )
 
 
 class RetainMetadataInput(BaseModel):

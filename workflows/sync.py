@@ -24,7 +24,6 @@ with workflow.unsafe.imports_passed_through():
         RetainMetadataInput,
         RunPlan,
         RunSyncInput,
-        ScrubLogsInput,
         ScrubOutcome,
         SyncOutcome,
         SyncRequest,
@@ -43,6 +42,16 @@ _RETRY = RetryPolicy(
 def _failure_message(error: BaseException) -> str:
     cause = error.cause if isinstance(error, ActivityError) and error.cause else error
     return str(getattr(cause, "message", None) or cause)
+
+
+def _scrub_of_failure(error: ActivityError) -> ScrubOutcome | None:
+    """The failed attempt's retained log, carried in the activity failure's details."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError) and cause.details:
+        detail = cause.details[0]
+        if isinstance(detail, dict):
+            return ScrubOutcome.model_validate(detail)
+    return None
 
 
 @workflow.defn(name="SyncConnectionWorkflow", failure_exception_types=[ValidationError])
@@ -70,6 +79,7 @@ class SyncConnectionWorkflow:
         self._phase = "syncing"
         outcome: SyncOutcome | None = None
         failure: str | None = None
+        scrub: ScrubOutcome | None = None
         try:
             outcome = await workflow.execute_activity(
                 ActivityName.RUN_SYNC,
@@ -79,18 +89,10 @@ class SyncConnectionWorkflow:
                 heartbeat_timeout=timedelta(seconds=60),
                 retry_policy=RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempts=3),
             )
+            scrub = outcome.scrub
         except ActivityError as err:
             failure = _failure_message(err)
-
-        self._phase = "scrubbing logs"
-        scrub: ScrubOutcome = await workflow.execute_activity(
-            ActivityName.SCRUB_LOGS,
-            ScrubLogsInput(plan=plan),
-            result_type=ScrubOutcome,
-            start_to_close_timeout=timedelta(hours=1),
-            heartbeat_timeout=timedelta(seconds=60),
-            retry_policy=_RETRY,
-        )
+            scrub = _scrub_of_failure(err)
 
         receipt: PurgeReceipt | None = None
         if outcome is not None:
@@ -149,10 +151,10 @@ class SyncConnectionWorkflow:
             records={s.name: s.records for s in outcome.streams},
             bytes_staged=outcome.bytes_staged,
             incremental=outcome.incremental,
-            redactions=scrub.redactions,
+            redactions=scrub.redactions if scrub else {},
             objects_purged=receipt.objects_deleted,
             receipt_id=receipt.receipt_id,
             verified_empty=receipt.verified_empty,
-            log_uri=scrub.log_uri,
+            log_uri=scrub.log_uri if scrub else None,
             duration_seconds=(finished_at - started_at).total_seconds(),
         )

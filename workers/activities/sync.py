@@ -7,11 +7,7 @@ connection and what was wrong.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -31,7 +27,7 @@ from workers.airbyte.connector import (
     ConnectorNotFoundError,
 )
 from workers.airbyte.destination import DuckDBDestination
-from workers.airbyte.local import BEFORE_STATE_KEY, LocalSync, SyncConfigError, SyncProgress
+from workers.airbyte.local import LocalSync, SyncConfigError, SyncProgress
 from workers.connections import (
     Connection,
     ConnectionsFile,
@@ -40,7 +36,8 @@ from workers.connections import (
     resolve_source_config,
     secret_values,
 )
-from workers.runlog import read_raw_logs
+from workers.retained_logs import LogRetention
+from workers.runlog import RunLog
 from workers.settings import Settings
 from workers.storage import purge_allow_list, store_options
 from workers.store.metadata import MetadataStore
@@ -51,8 +48,6 @@ from workflows.models import (
     RetainMetadataInput,
     RunPlan,
     RunSyncInput,
-    ScrubLogsInput,
-    ScrubOutcome,
     SyncOutcome,
     SyncRequest,
 )
@@ -70,11 +65,13 @@ class SyncActivities:
         settings: Settings,
         store: MetadataStore,
         installer: ConnectorInstaller,
+        log_retention: LogRetention,
         environ: Mapping[str, str],
     ) -> None:
         self.settings = settings
         self.store = store
         self.installer = installer
+        self.log_retention = log_retention
         self.environ = environ
 
     def _connection(self, connection_id: str) -> Connection:
@@ -114,6 +111,7 @@ class SyncActivities:
 
     @activity.defn(name=ActivityName.RUN_SYNC)
     def run_sync(self, request: RunSyncInput) -> SyncOutcome:
+        """Sync, then scrub the attempt's raw log and retain it, on failure too."""
         plan = request.plan
         structlog.contextvars.bind_contextvars(
             connection=plan.connection_id, run_id=plan.run_id, activity="run_sync"
@@ -122,9 +120,13 @@ class SyncActivities:
         config = self._source_config(connection)
         previous = resume_details()
         resume = SyncProgress.model_validate(previous) if previous else None
+        attempt = (resume.attempt + 1) if resume else 1
         heartbeater = Heartbeater(resume)
-        try:
-            with heartbeater.running():
+        sync: LocalSync | None = None
+        failure: ApplicationError | None = None
+        outcome: SyncOutcome | None = None
+        with RunLog() as run_log, heartbeater.running():
+            try:
                 argv = self.installer.argv(connection.source)
                 sync = LocalSync(
                     connection=connection,
@@ -140,64 +142,48 @@ class SyncActivities:
                 )
                 declared = [s.name for s in connection.streams]
                 only = None if plan.streams == declared else plan.streams
-                return sync.run(reset=request.reset, only=only, resume=resume)
-        except ConnectorNotFoundError as exc:
-            raise _fail("ConnectorNotFound", f"connection {connection.id!r}: {exc}") from None
-        except SyncConfigError as exc:
-            raise _fail("InvalidConnection", str(exc)) from None
-        except ConnectorError as exc:
-            message = self._scrubber(connection, plan).scrub_line(str(exc))
-            raise _fail("ConnectorFailed", f"connection {connection.id!r}: {message}") from None
-        finally:
-            structlog.contextvars.unbind_contextvars("connection", "run_id", "activity")
+                outcome = sync.run(run_log=run_log, reset=request.reset, only=only, resume=resume)
+            except ConnectorNotFoundError as exc:
+                failure = _fail("ConnectorNotFound", f"connection {connection.id!r}: {exc}")
+            except SyncConfigError as exc:
+                failure = _fail("InvalidConnection", str(exc))
+            except ConnectorError as exc:
+                failure = _fail("ConnectorFailed", f"connection {connection.id!r}: {exc}")
+            finally:
+                structlog.contextvars.unbind_contextvars("connection", "run_id", "activity")
+                scrubber = self._scrubber(connection, config, sync)
+                scrub = self.log_retention.retain(
+                    connection_id=plan.connection_id,
+                    run_id=plan.run_id,
+                    attempt=attempt,
+                    run_log=run_log,
+                    scrubber=scrubber,
+                )
+        if failure is not None:
+            # The message goes into Temporal's history: scrubbed like the log.
+            raise ApplicationError(
+                scrubber.scrub_line(failure.message),
+                scrub.model_dump(mode="json"),
+                type=failure.type,
+                non_retryable=True,
+            )
+        assert outcome is not None
+        return outcome.model_copy(update={"scrub": scrub})
 
-    def _scrubber(self, connection: Connection, plan: RunPlan) -> LogScrubber:
-        """A scrubber for this run: state before and after, and the connector's secrets."""
-        states: list[Any] = []
-        store = open_store(plan.staging_uri, store_options(self.settings))
-        if store.exists(plan.staging_prefix + BEFORE_STATE_KEY):
-            with store.open_read(plan.staging_prefix + BEFORE_STATE_KEY) as handle:
-                states.extend(json.loads(handle.read()))
+    def _scrubber(
+        self, connection: Connection, config: dict[str, Any], sync: LocalSync | None
+    ) -> LogScrubber:
+        """A scrubber for one attempt: the state before and after it, the connector's secrets."""
+        states: list[Any] = list(sync.before_state) if sync else []
         if connection.destination.path.exists():
             with DuckDBDestination(connection.destination.path, connection.id) as destination:
                 states.extend(destination.committed_state())
         cursor_fields = {f for s in connection.streams for f in s.cursor_field}
         return LogScrubber(
             cursor_values=state_leaf_values(states),
-            secrets=secret_values(connection, self._source_config(connection)),
+            secrets=secret_values(connection, config),
             cursor_fields=sorted(cursor_fields),
         )
-
-    @activity.defn(name=ActivityName.SCRUB_LOGS)
-    def scrub_logs(self, request: ScrubLogsInput) -> ScrubOutcome:
-        plan = request.plan
-        connection = self._connection(plan.connection_id)
-        scrubber = self._scrubber(connection, plan)
-        store = open_store(plan.staging_uri, store_options(self.settings))
-        target = self.settings.resolved_log_dir / plan.connection_id / f"{plan.run_id}.log"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lines = 0
-        with Heartbeater().running():
-            # Written next to the target and renamed: a retry never leaves a partial log.
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".scrubbing-")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    for line in scrubber.scrub_stream(read_raw_logs(store, plan.staging_prefix)):
-                        out.write(line)
-                        lines += 1
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        uri = target.as_uri()
-        self.store.record_retained_log(
-            run_id=plan.run_id,
-            connection_id=plan.connection_id,
-            uri=uri,
-            lines=lines,
-            redactions=scrubber.counts,
-        )
-        return ScrubOutcome(redactions=scrubber.counts, lines=lines, log_uri=uri)
 
     @activity.defn(name=ActivityName.RETAIN_METADATA)
     def retain_metadata(self, request: RetainMetadataInput) -> None:
@@ -287,7 +273,6 @@ class SyncActivities:
         return [
             self.plan_run,
             self.run_sync,
-            self.scrub_logs,
             self.retain_metadata,
             self.purge_staging,
             self.record_run,

@@ -31,7 +31,6 @@ from workflows.models import StreamOutcome, SyncOutcome
 
 log = structlog.get_logger(__name__)
 
-BEFORE_STATE_KEY = "state/before.json"
 _HEARTBEAT_EVERY_SECONDS = 5.0
 
 
@@ -131,6 +130,7 @@ class LocalSync:
         self._heartbeat = heartbeat
         self._cancelled = cancelled
         self._catalog_cache = catalog_cache
+        self.before_state: list[dict[str, Any]] = []
 
     def _catalog(self, refresh: bool) -> dict[str, Any]:
         """The source's catalog: discovered on the first run, after a change of the source's
@@ -217,11 +217,15 @@ class LocalSync:
     # -- the run ----------------------------------------------------------------------------
 
     def run(
-        self, *, reset: bool, only: list[str] | None, resume: SyncProgress | None
+        self,
+        *,
+        run_log: RunLog,
+        reset: bool,
+        only: list[str] | None,
+        resume: SyncProgress | None,
     ) -> SyncOutcome:
-        attempt = (resume.attempt + 1) if resume else 1
-        progress = SyncProgress(attempt=attempt)
-        run_log = RunLog(self.store, f"{self.prefix}logs/attempt-{attempt:03d}.log.gz")
+        """One attempt. `before_state` holds the state it started from, once read."""
+        progress = SyncProgress(attempt=(resume.attempt + 1) if resume else 1)
         try:
             with (
                 run_log.active(),
@@ -233,8 +237,6 @@ class LocalSync:
         except ConnectorError as exc:
             run_log.write("sluice", "error", f"run failed: {exc}")
             raise
-        finally:
-            run_log.close()
 
     def _run(
         self,
@@ -247,11 +249,8 @@ class LocalSync:
     ) -> SyncOutcome:
         streams = self._plan_streams(self._catalog(refresh=reset), only, reset)
         committed = destination.committed_state()
-        if not self.store.exists(self.prefix + BEFORE_STATE_KEY):
-            # Kept (in staging, purged with it) for the scrubber: the values of the state the
-            # connector starts from appear in its log.
-            with self.store.open_write(self.prefix + BEFORE_STATE_KEY) as handle:
-                handle.write(json.dumps(committed).encode())
+        # Kept for the scrubber: connectors print the state they start from.
+        self.before_state = committed
         input_state = self._input_state(committed, streams, reset)
         if resume:
             progress.records = {

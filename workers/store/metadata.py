@@ -104,6 +104,7 @@ retained_logs = Table(
     "retained_logs",
     metadata,
     Column("run_id", String(64), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
     Column("connection_id", String(128), nullable=False, index=True),
     Column("uri", Text, nullable=False),
     Column("lines", Integer, nullable=False),
@@ -201,13 +202,20 @@ class MetadataStore:
             )
 
     def record_retained_log(
-        self, *, run_id: str, connection_id: str, uri: str, lines: int, redactions: dict[str, int]
+        self,
+        *,
+        run_id: str,
+        attempt: int,
+        connection_id: str,
+        uri: str,
+        lines: int,
+        redactions: dict[str, int],
     ) -> None:
         with self.engine.begin() as db:
             self._upsert(
                 db,
                 retained_logs,
-                {"run_id": run_id},
+                {"run_id": run_id, "attempt": attempt},
                 {
                     "connection_id": connection_id,
                     "uri": uri,
@@ -236,6 +244,29 @@ class MetadataStore:
                 {"connection_id": connection_id},
                 {"source_fingerprint": fingerprint, "catalog": catalog, "discovered_at": _now()},
             )
+
+    def retained_logs_before(self, cutoff: datetime) -> list[dict[str, Any]]:
+        """Retained logs older than the cutoff, one row per run (its attempts together)."""
+        with self.engine.connect() as db:
+            rows = db.execute(
+                select(retained_logs.c.run_id, retained_logs.c.connection_id)
+                .where(retained_logs.c.retained_at < cutoff)
+                .group_by(retained_logs.c.run_id, retained_logs.c.connection_id)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def retained_logs_of(self, run_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as db:
+            rows = db.execute(
+                select(retained_logs)
+                .where(retained_logs.c.run_id == run_id)
+                .order_by(retained_logs.c.attempt)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def forget_retained_logs(self, run_id: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(delete(retained_logs).where(retained_logs.c.run_id == run_id))
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as db:
