@@ -29,6 +29,7 @@ from workers.client import connect
 from workers.connections import ConnectionsFile, ConnectionsFileError, UnknownConnectionError
 from workers.devserver import DevServerError, is_listening, server_command, start_in_background
 from workers.runlog import configure_logging
+from workers.schedules import apply_schedules
 from workers.settings import Settings
 from workers.storage import purge_allow_list, store_options
 from workers.store.metadata import MetadataStore
@@ -240,6 +241,14 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_schedules(settings: Settings, _args: argparse.Namespace) -> int:
+    connections = ConnectionsFile.load(settings.connections_file)
+    client = await _connect(settings, attempts=3)
+    for schedule_id in await apply_schedules(client, settings, connections):
+        out.print(schedule_id)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -258,6 +267,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     purge.add_argument("--dry-run", action="store_true", help="list what would go; delete nothing")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    schedules = sub.add_parser(
+        "schedules", help="create or update the Temporal schedules (syncs, retention sweep)"
+    )
+    schedules.add_argument("action", choices=["apply"])
     demo = sub.add_parser(
         "demo", help="start what is missing, sync the example connection twice, show summaries"
     )
@@ -274,7 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_server(settings, args)
         if args.command == "purge":
             return cmd_purge(settings, args)
-        command = {"worker": cmd_worker, "sync": cmd_sync, "demo": cmd_demo}[args.command]
+        command = {
+            "worker": cmd_worker,
+            "sync": cmd_sync,
+            "demo": cmd_demo,
+            "schedules": cmd_schedules,
+        }[args.command]
         return asyncio.run(command(settings, args))
     except (
         ConnectionsFileError,

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     log_retention_days: float = Field(
         default=14, gt=0, description="Retained logs older than this are swept."
     )
+    failed_staging_ttl_days: float = Field(
+        default=7,
+        gt=0,
+        description="A failed run's staging is kept this long for replay, then swept.",
+    )
+    sweep_schedule: str = Field(
+        default="0 3 * * *", description="cron of the retention sweep (UTC)"
+    )
     staging_uri: str | None = Field(
         default=None,
         description="Default staging root for connections that name none; default: "

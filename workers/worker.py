@@ -9,31 +9,33 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from purge.stores import open_store
+from workers.activities.sweep import SweepActivities
 from workers.activities.sync import SyncActivities
 from workers.airbyte.connector import ConnectorInstaller
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
 from workers.storage import store_options
 from workers.store.metadata import MetadataStore
+from workflows.sweep import RetentionSweepWorkflow
 from workflows.sync import SyncConnectionWorkflow
 
 
 def build_worker(client: Client, settings: Settings) -> Worker:
     metadata = MetadataStore.from_url(settings.resolved_metadata_url)
+    log_store = open_store(settings.resolved_log_store, store_options(settings))
     activities = SyncActivities(
         settings=settings,
         store=metadata,
         installer=ConnectorInstaller(settings.connectors_dir),
-        log_retention=LogRetention(
-            open_store(settings.resolved_log_store, store_options(settings)), metadata
-        ),
+        log_retention=LogRetention(log_store, metadata),
         environ=os.environ,
     )
+    sweep = SweepActivities(settings=settings, store=metadata, log_store=log_store)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[SyncConnectionWorkflow],
-        activities=activities.all(),
+        workflows=[SyncConnectionWorkflow, RetentionSweepWorkflow],
+        activities=[*activities.all(), *sweep.all()],
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
     )

@@ -37,6 +37,8 @@ class ActivityName:
     RETAIN_METADATA = "retain_metadata"
     PURGE_STAGING = "purge_staging"
     RECORD_RUN = "record_run"
+    SWEEP_RETAINED_LOGS = "sweep_retained_logs"
+    SWEEP_FAILED_STAGING = "sweep_failed_staging"
 
 
 class SyncRequest(BaseModel):
@@ -134,3 +136,24 @@ class SyncSummary(BaseModel):
     verified_empty: bool
     log_uri: str | None
     duration_seconds: float
+
+
+class SweepRequest(BaseModel):
+    """Input of RetentionSweepWorkflow; empty means the worker's settings decide."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    log_retention_days: float | None = Field(default=None, gt=0)
+    failed_staging_ttl_days: float | None = Field(default=None, gt=0)
+
+
+class SweepOutcome(BaseModel):
+    runs: int = 0
+    objects_deleted: int = 0
+    receipt_ids: list[str] = Field(default_factory=list)
+    failures: list[str] = Field(default_factory=list, description="run id: why it was kept")
+
+
+class SweepSummary(BaseModel):
+    logs: SweepOutcome
+    failed_staging: SweepOutcome

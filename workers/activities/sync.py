@@ -266,6 +266,7 @@ class SyncActivities:
                 "redactions": request.scrub.redactions if request.scrub else {},
                 "receipt_id": request.receipt.receipt_id if request.receipt else None,
                 "error": request.error,
+                "staging_target": request.plan.staging_uri + request.plan.staging_prefix,
             }
         )
 

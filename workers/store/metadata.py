@@ -28,6 +28,7 @@ from sqlalchemy import (
     delete,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Connection as DBConnection
 from sqlalchemy.engine import Engine
@@ -78,6 +79,8 @@ runs = Table(
     Column("redactions", JSON, nullable=False),
     Column("receipt_id", String(128)),
     Column("error", Text),
+    Column("staging_target", Text),
+    Column("staging_swept_at", DateTime(timezone=True)),
 )
 
 purge_receipts = Table(
@@ -267,6 +270,23 @@ class MetadataStore:
     def forget_retained_logs(self, run_id: str) -> None:
         with self.engine.begin() as db:
             db.execute(delete(retained_logs).where(retained_logs.c.run_id == run_id))
+
+    def failed_runs_with_staging_before(self, cutoff: datetime) -> list[dict[str, Any]]:
+        """Failed runs whose staging was kept for replay and has outlived its TTL."""
+        with self.engine.connect() as db:
+            rows = db.execute(
+                select(runs.c.run_id, runs.c.connection_id, runs.c.staging_target).where(
+                    runs.c.status == "failed",
+                    runs.c.finished_at < cutoff,
+                    runs.c.staging_target.is_not(None),
+                    runs.c.staging_swept_at.is_(None),
+                )
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def mark_staging_swept(self, run_id: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(update(runs).where(runs.c.run_id == run_id).values(staging_swept_at=_now()))
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as db:

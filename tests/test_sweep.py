@@ -1,0 +1,99 @@
+"""The retention sweep, run by its Temporal schedule: old retained logs and old failed runs'
+staging are purged with receipts; recent ones stay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from temporalio.client import Client, WorkflowFailureError
+
+from tests.conftest import protocol_connector
+from tests.test_bad_input import items_connection
+from workers.cli import start_sync
+from workers.connections import ConnectionsFile
+from workers.schedules import SWEEP_SCHEDULE_ID, apply_schedules
+from workers.settings import Settings
+from workers.store.metadata import retained_logs, runs
+from workflows.models import SweepSummary, SyncRequest
+
+pytestmark = pytest.mark.temporal
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+async def test_schedule_sweeps_old_logs_and_failed_staging(
+    tmp_path: Path, make_settings: Callable[..., Settings], run_worker: Any, client: Client
+) -> None:
+    connector = protocol_connector(
+        tmp_path,
+        "source-flaky",
+        """
+        record(1, "2024-01-01T00:00:00Z")
+        if "fail" in open(sys.argv[sys.argv.index("--config") + 1]).read():
+            sys.exit(1)
+        state("2024-01-01T00:00:00Z")
+        """,
+    )
+    settings = make_settings(items_connection(connector, tmp_path / "w.duckdb"))
+    sluice = await run_worker(settings)
+
+    ok = await (await start_sync(client, settings, SyncRequest(connection_id="items"))).result()
+    # The same connection failing: its staging is kept for replay.
+    settings.connections_file.write_text(
+        settings.connections_file.read_text().replace(
+            "[connections.source]", '[connections.source]\nconfig = { mode = "fail" }'
+        )
+    )
+    with pytest.raises(WorkflowFailureError):
+        await (await start_sync(client, settings, SyncRequest(connection_id="items"))).result()
+    failed_run = next(r for r in (sluice.staging_root / "items").iterdir())
+    assert any(failed_run.rglob("*.jsonl.gz"))
+    logs_root = sluice.settings.state_path / "logs" / "items"
+    assert {p.name for p in logs_root.iterdir()} == {ok.run_id, failed_run.name}
+
+    # Age the successful run's log and the failed run past their retention.
+    metadata = sluice.metadata
+    with metadata.engine.begin() as db:
+        db.execute(
+            update(retained_logs)
+            .where(retained_logs.c.run_id == ok.run_id)
+            .values(retained_at=LONG_AGO)
+        )
+        db.execute(
+            update(runs).where(runs.c.run_id == failed_run.name).values(finished_at=LONG_AGO)
+        )
+
+    assert SWEEP_SCHEDULE_ID in await apply_schedules(
+        client, settings, ConnectionsFile.load(settings.connections_file)
+    )
+    schedule = client.get_schedule_handle(SWEEP_SCHEDULE_ID)
+    await schedule.trigger()
+    summary = await _latest_sweep_result(client, schedule)
+
+    assert summary.logs.runs == 1 and summary.logs.objects_deleted == 1
+    assert summary.failed_staging.runs == 1 and summary.failed_staging.objects_deleted > 0
+    assert {p.name for p in logs_root.iterdir()} == {failed_run.name}
+    assert not failed_run.exists()
+    for receipt_id in summary.logs.receipt_ids + summary.failed_staging.receipt_ids:
+        receipt = metadata.get_receipt(receipt_id)
+        assert receipt is not None and receipt["verified_empty"]
+    assert metadata.retained_logs_of(ok.run_id) == []
+    assert len(metadata.retained_logs_of(failed_run.name)) == 1
+    await schedule.delete()
+
+
+async def _latest_sweep_result(client: Client, schedule: Any) -> SweepSummary:
+    for _ in range(120):
+        description = await schedule.describe()
+        recent = description.info.recent_actions
+        if recent:
+            workflow_id = recent[-1].action.workflow_id
+            handle = client.get_workflow_handle(workflow_id, result_type=SweepSummary)
+            return await handle.result()
+        await asyncio.sleep(0.5)
+    raise AssertionError("the schedule never started the sweep")
