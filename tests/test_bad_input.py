@@ -92,7 +92,7 @@ def test_cli_reports_a_bad_file_and_exits_non_zero(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "'shop'" in done.stderr and "backend" in done.stderr and "source" in done.stderr
+    assert "'shop'" in done.stderr and "backend" in done.stderr and "'airbyte'" in done.stderr
 
 
 async def test_connector_command_that_does_not_exist(

@@ -13,9 +13,17 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SyncMode = Literal["full_refresh", "incremental"]
 DestinationMode = Literal["append", "overwrite", "append_dedup"]
@@ -107,13 +115,9 @@ class DestinationConfig(_Strict):
     path: Path
 
 
-class Connection(_Strict):
+class _ConnectionBase(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
     name: str = ""
-    backend: Literal["local"] = "local"
-    source: SourceConfig
-    destination: DestinationConfig
-    streams: list[StreamConfig] = Field(min_length=1)
     staging: str | None = Field(default=None, description="staging root URI, e.g. file:///x/")
     schedule: str | None = Field(default=None, description="cron expression (5 fields)")
 
@@ -134,6 +138,15 @@ class Connection(_Strict):
             value += "/"
         return value
 
+
+class Connection(_ConnectionBase):
+    """A connection Sluice runs itself: a connector subprocess into DuckDB."""
+
+    backend: Literal["local"] = "local"
+    source: SourceConfig
+    destination: DestinationConfig
+    streams: list[StreamConfig] = Field(min_length=1)
+
     @model_validator(mode="after")
     def _unique_streams(self) -> Connection:
         seen: set[tuple[str | None, str]] = set()
@@ -145,10 +158,34 @@ class Connection(_Strict):
         return self
 
 
+class AirbyteConnectionRef(_Strict):
+    connection_id: str = Field(min_length=1, description="the connection's id in Airbyte")
+
+
+class AirbyteConnection(_ConnectionBase):
+    """A connection Airbyte runs: Sluice drives its jobs through the API and purges `staging`
+    (the path its destination stages into, e.g. S3 staging of Redshift or Snowflake) after a
+    job succeeded. Streams and columns are read from Airbyte."""
+
+    backend: Literal["airbyte"]
+    airbyte: AirbyteConnectionRef
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="name -> environment variable of secrets to scrub from the job's logs",
+    )
+
+
+AnyConnection = Annotated[Connection | AirbyteConnection, Field(discriminator="backend")]
+_CONNECTION = TypeAdapter(AnyConnection)
+
+
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
-        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in item["loc"])
+        path = list(item["loc"])
+        if path and path[0] in ("local", "airbyte"):
+            path = path[1:]  # the union's tag, not a field of the file
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path)
         parts.append(f"{loc.replace('.[', '[') or '(connection)'}: {item['msg']}")
     return "; ".join(parts)
 
@@ -164,7 +201,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
 class ConnectionsFile:
     """A parsed, validated connections file."""
 
-    def __init__(self, path: Path, connections: list[Connection]) -> None:
+    def __init__(self, path: Path, connections: list[Connection | AirbyteConnection]) -> None:
         self.path = path
         self.connections = {c.id: c for c in connections}
 
@@ -180,16 +217,21 @@ class ConnectionsFile:
         entries = data.get("connections")
         if not isinstance(entries, list) or not entries:
             raise ConnectionsFileError(f"{path}: no [[connections]] declared")
-        connections: list[Connection] = []
+        connections: list[Connection | AirbyteConnection] = []
         for index, raw in enumerate(entries):
             label = raw.get("id") if isinstance(raw, dict) else None
             label = repr(label) if label else f"#{index + 1}"
             if not isinstance(raw, dict):
                 raise ConnectionsFileError(f"{path}: connection {label}: not a table")
-            try:
-                connection = Connection.model_validate(
-                    _resolve_paths(copy.deepcopy(raw), path.parent)
+            raw = _resolve_paths(copy.deepcopy(raw), path.parent)
+            raw.setdefault("backend", "local")
+            if raw["backend"] not in ("local", "airbyte"):
+                raise ConnectionsFileError(
+                    f"{path}: connection {label}: backend: must be 'local' or 'airbyte', "
+                    f"not {raw['backend']!r}"
                 )
+            try:
+                connection: Connection | AirbyteConnection = _CONNECTION.validate_python(raw)
             except ValidationError as exc:
                 raise ConnectionsFileError(
                     f"{path}: connection {label}: {_describe(exc)}"
@@ -199,7 +241,7 @@ class ConnectionsFile:
             connections.append(connection)
         return cls(path, connections)
 
-    def get(self, connection_id: str) -> Connection:
+    def get(self, connection_id: str) -> Connection | AirbyteConnection:
         try:
             return self.connections[connection_id]
         except KeyError:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 
 from purge.scrub import LogScrubber
 from purge.stores import StagingStore
-from workers.runlog import RunLog
 from workers.store.metadata import MetadataStore
 from workflows.models import ScrubOutcome
 
@@ -30,17 +30,17 @@ class LogRetention:
         connection_id: str,
         run_id: str,
         attempt: int,
-        run_log: RunLog,
+        lines: Iterable[str],
         scrubber: LogScrubber,
     ) -> ScrubOutcome:
         """Scrub the raw log into the log store; only the scrubbed text is ever written."""
         key = log_key(connection_id, run_id, attempt)
-        lines = 0
+        count = 0
         with self.store.open_write(key) as raw:
             text = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
-            for piece in scrubber.scrub_stream(run_log.read()):
+            for piece in scrubber.scrub_stream(lines):
                 text.write(piece)
-                lines += piece.count("\n")
+                count += piece.count("\n")
             text.flush()
             text.detach()
         uri = self.store.uri + key
@@ -49,7 +49,7 @@ class LogRetention:
             attempt=attempt,
             connection_id=connection_id,
             uri=uri,
-            lines=lines,
+            lines=count,
             redactions=scrubber.counts,
         )
-        return ScrubOutcome(redactions=scrubber.counts, lines=lines, log_uri=uri)
+        return ScrubOutcome(redactions=scrubber.counts, lines=count, log_uri=uri)

@@ -81,6 +81,34 @@ class Settings(BaseSettings):
         default=None, description="account key or SAS token for azure_account_url"
     )
 
+    heartbeat_timeout_seconds: float = Field(
+        default=60, gt=0, description="How long a silent activity may go before it is retried."
+    )
+    airbyte_api_url: str | None = Field(
+        default=None,
+        description="Airbyte public API: https://api.airbyte.com/v1 (Cloud) or "
+        "http://HOST:8000/api/public/v1 (self-managed)",
+    )
+    airbyte_config_api_url: str | None = Field(
+        default=None, description="Config API (logs, state); default: derived from the API URL"
+    )
+    airbyte_client_id: str | None = None
+    airbyte_client_secret: str | None = None
+    airbyte_token_url: str | None = Field(
+        default=None, description="absolute; default: API_URL/applications/token"
+    )
+    airbyte_bearer_token: str | None = None
+    airbyte_username: str | None = None
+    airbyte_password: str | None = None
+    airbyte_allow_http: bool = Field(
+        default=False, description="allow plain http to a non-loopback Airbyte"
+    )
+    airbyte_poll_seconds: float = Field(default=10, gt=0, le=300)
+    airbyte_timeout_seconds: float = Field(default=30, gt=0)
+    airbyte_job_timeout_hours: float = Field(
+        default=24, gt=0, description="a job still running after this is cancelled"
+    )
+
     @field_validator("purge_allow", mode="before")
     @classmethod
     def _split_allow(cls, value: Any) -> Any:

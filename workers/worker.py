@@ -9,6 +9,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from purge.stores import open_store
+from workers.activities.airbyte import AirbyteActivities
 from workers.activities.sweep import SweepActivities
 from workers.activities.sync import SyncActivities
 from workers.airbyte.connector import ConnectorInstaller
@@ -31,11 +32,17 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         environ=os.environ,
     )
     sweep = SweepActivities(settings=settings, store=metadata, log_store=log_store)
+    airbyte = AirbyteActivities(
+        settings=settings,
+        store=metadata,
+        log_retention=LogRetention(log_store, metadata),
+        environ=os.environ,
+    )
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[SyncConnectionWorkflow, RetentionSweepWorkflow],
-        activities=[*activities.all(), *sweep.all()],
+        activities=[*activities.all(), *airbyte.all(), *sweep.all()],
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
     )

@@ -37,6 +37,10 @@ class ActivityName:
     RETAIN_METADATA = "retain_metadata"
     PURGE_STAGING = "purge_staging"
     RECORD_RUN = "record_run"
+    AIRBYTE_START_JOB = "airbyte_start_job"
+    AIRBYTE_WAIT_JOB = "airbyte_wait_job"
+    AIRBYTE_CANCEL_JOB = "airbyte_cancel_job"
+    AIRBYTE_RETAIN_METADATA = "airbyte_retain_metadata"
     SWEEP_RETAINED_LOGS = "sweep_retained_logs"
     SWEEP_FAILED_STAGING = "sweep_failed_staging"
 
@@ -63,9 +67,19 @@ class SyncRequest(BaseModel):
 class RunPlan(BaseModel):
     connection_id: str
     run_id: str
-    staging_uri: str
-    staging_prefix: str
-    streams: list[str]
+    backend: Literal["local", "airbyte"] = "local"
+    airbyte_connection_id: str | None = None
+    staging_uri: str | None = Field(
+        default=None, description="Root of the run's staging; None: nothing is staged."
+    )
+    staging_prefix: str = ""
+    streams: list[str] = Field(default_factory=list)
+    heartbeat_timeout_seconds: float = 60
+    job_timeout_hours: float = 24
+
+    @property
+    def staging_target(self) -> str | None:
+        return None if self.staging_uri is None else self.staging_uri + self.staging_prefix
 
 
 class RunSyncInput(BaseModel):
@@ -157,3 +171,20 @@ class SweepOutcome(BaseModel):
 class SweepSummary(BaseModel):
     logs: SweepOutcome
     failed_staging: SweepOutcome
+
+
+class AirbyteJobRef(BaseModel):
+    job_id: int
+    attached: bool = Field(default=False, description="A sync was already running: joined it.")
+
+
+class AirbyteJobInput(BaseModel):
+    plan: RunPlan
+    job_id: int
+
+
+class AirbyteJobOutcome(BaseModel):
+    job_id: int
+    status: Literal["succeeded", "failed", "cancelled"]
+    failure: str | None = Field(default=None, description="Airbyte's failure summary, scrubbed.")
+    sync: SyncOutcome

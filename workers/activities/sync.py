@@ -29,6 +29,7 @@ from workers.airbyte.connector import (
 from workers.airbyte.destination import DuckDBDestination
 from workers.airbyte.local import LocalSync, SyncConfigError, SyncProgress
 from workers.connections import (
+    AirbyteConnection,
     Connection,
     ConnectionsFile,
     ConnectionsFileError,
@@ -59,6 +60,17 @@ def _fail(kind: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
+def load_connection(settings: Settings, connection_id: str) -> Connection | AirbyteConnection:
+    """The connection as the file says now: read on every run, so that edits apply without
+    restarting workers."""
+    try:
+        return ConnectionsFile.load(settings.connections_file).get(connection_id)
+    except UnknownConnectionError as exc:
+        raise _fail("UnknownConnection", str(exc)) from None
+    except ConnectionsFileError as exc:
+        raise _fail("InvalidConnectionsFile", str(exc)) from None
+
+
 class SyncActivities:
     def __init__(
         self,
@@ -75,13 +87,13 @@ class SyncActivities:
         self.environ = environ
 
     def _connection(self, connection_id: str) -> Connection:
-        # Read on every run, so that edits to the file apply without restarting workers.
-        try:
-            return ConnectionsFile.load(self.settings.connections_file).get(connection_id)
-        except UnknownConnectionError as exc:
-            raise _fail("UnknownConnection", str(exc)) from None
-        except ConnectionsFileError as exc:
-            raise _fail("InvalidConnectionsFile", str(exc)) from None
+        """A connection of the local backend."""
+        connection = load_connection(self.settings, connection_id)
+        if not isinstance(connection, Connection):
+            raise _fail(
+                "InvalidConnection", f"connection {connection_id!r} is not a local connection"
+            )
+        return connection
 
     def _source_config(self, connection: Connection) -> dict[str, Any]:
         try:
@@ -91,7 +103,30 @@ class SyncActivities:
 
     @activity.defn(name=ActivityName.PLAN_RUN)
     def plan_run(self, request: SyncRequest) -> RunPlan:
-        connection = self._connection(request.connection_id)
+        connection = load_connection(self.settings, request.connection_id)
+        run_id = activity.info().workflow_run_id or activity.info().workflow_id
+        timing = {
+            "heartbeat_timeout_seconds": self.settings.heartbeat_timeout_seconds,
+            "job_timeout_hours": self.settings.airbyte_job_timeout_hours,
+        }
+        if isinstance(connection, AirbyteConnection):
+            if request.streams or request.reset:
+                raise _fail(
+                    "InvalidRequest",
+                    f"connection {connection.id!r} runs in Airbyte: `streams` and `reset` are "
+                    "chosen in Airbyte, not here",
+                )
+            return RunPlan(
+                connection_id=connection.id,
+                run_id=run_id,
+                backend="airbyte",
+                airbyte_connection_id=connection.airbyte.connection_id,
+                # Airbyte's destination stages into this path itself: the whole path is purged.
+                staging_uri=connection.staging,
+                staging_prefix="",
+                streams=[],
+                **timing,
+            )
         declared = {s.name for s in connection.streams}
         unknown = sorted(set(request.streams or []) - declared)
         if unknown:
@@ -100,13 +135,13 @@ class SyncActivities:
                 f"connection {connection.id!r} declares no streams {unknown} "
                 f"(declared: {', '.join(sorted(declared))})",
             )
-        run_id = activity.info().workflow_run_id or activity.info().workflow_id
         return RunPlan(
             connection_id=connection.id,
             run_id=run_id,
             staging_uri=connection.staging or self.settings.resolved_staging_uri,
             staging_prefix=f"{connection.id}/{run_id}/",
             streams=request.streams or [s.name for s in connection.streams],
+            **timing,
         )
 
     @activity.defn(name=ActivityName.RUN_SYNC)
@@ -156,7 +191,7 @@ class SyncActivities:
                     connection_id=plan.connection_id,
                     run_id=plan.run_id,
                     attempt=attempt,
-                    run_log=run_log,
+                    lines=run_log.read(),
                     scrubber=scrubber,
                 )
         if failure is not None:
@@ -224,7 +259,7 @@ class SyncActivities:
         connections = ConnectionsFile.load(self.settings.connections_file)
         try:
             target = parse_target(
-                plan.staging_uri + plan.staging_prefix,
+                (plan.staging_uri or "") + plan.staging_prefix,
                 purge_allow_list(self.settings, connections),
             )
         except TargetRefusedError as exc:
@@ -266,7 +301,7 @@ class SyncActivities:
                 "redactions": request.scrub.redactions if request.scrub else {},
                 "receipt_id": request.receipt.receipt_id if request.receipt else None,
                 "error": request.error,
-                "staging_target": request.plan.staging_uri + request.plan.staging_prefix,
+                "staging_target": request.plan.staging_target,
             }
         )
 
