@@ -66,6 +66,9 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Records per staged batch file (bounds memory)."
     )
     max_concurrent_activities: int = Field(default=8, ge=1)
+    duckdb_memory_limit: str = Field(
+        default="512MB", description="memory limit of the DuckDB destination while loading"
+    )
     purge_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="URI prefixes that may be purged, comma-separated (besides the staging "

@@ -174,6 +174,7 @@ class SyncActivities:
                     heartbeat=heartbeater.update,
                     cancelled=activity.is_cancelled,
                     catalog_cache=self.store,
+                    duckdb_memory_limit=self.settings.duckdb_memory_limit,
                 )
                 declared = [s.name for s in connection.streams]
                 only = None if plan.streams == declared else plan.streams
@@ -211,7 +212,9 @@ class SyncActivities:
         """A scrubber for one attempt: the state before and after it, the connector's secrets."""
         states: list[Any] = list(sync.before_state) if sync else []
         if connection.destination.path.exists():
-            with DuckDBDestination(connection.destination.path, connection.id) as destination:
+            with DuckDBDestination(
+                connection.destination.path, connection.id, self.settings.duckdb_memory_limit
+            ) as destination:
                 states.extend(destination.committed_state())
         cursor_fields = {f for s in connection.streams for f in s.cursor_field}
         return LogScrubber(

@@ -88,11 +88,12 @@ def state_key(message: dict[str, Any]) -> str:
 
 
 class DuckDBDestination:
-    def __init__(self, path: Path, connection_id: str) -> None:
+    def __init__(self, path: Path, connection_id: str, memory_limit: str = "512MB") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.connection_id = connection_id
-        self._db = duckdb.connect(str(path))
+        # DuckDB's default (80% of RAM) lets one load hold gigabytes in its buffer pool.
+        self._db = duckdb.connect(str(path), config={"memory_limit": memory_limit})
         self._db.execute(
             f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (connection_id VARCHAR, state_key VARCHAR, "
             "state JSON, run_id VARCHAR, committed_at TIMESTAMPTZ DEFAULT now(), "

@@ -10,8 +10,11 @@ and never records a state whose records are missing.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gzip
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +91,43 @@ class _BatchWriter:
         self._stack.close()
 
 
+class _Committer:
+    """Commits to the destination in a thread of its own, in order, so that the connector's
+    output keeps being drained (and the connector keeps running) while a batch loads.
+
+    At most `depth` commits wait; the reader blocks beyond that, which bounds the staged data
+    that is written but not yet loaded. The first failure stops further commits and is raised
+    to the reader at its next submit, or at `close`.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        context = contextvars.copy_context()  # the run log and log bindings follow the work
+        self._thread = threading.Thread(target=context.run, args=(self._work,), daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as exc:
+                    self._error = exc
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(job)
+
+    def close(self) -> None:
+        """Wait for every submitted commit; raise the first failure."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 @dataclass
 class _StreamRun:
     config: StreamConfig
@@ -97,6 +137,25 @@ class _StreamRun:
     writer: _BatchWriter | None = None
     pending: list[_Batch] = field(default_factory=list)
     batch_number: int = 0
+
+
+_RECORD_PREFIX = b'{"type":"RECORD","record":{"stream":"'
+
+
+def _record_stream(line: bytes) -> str | None:
+    """The stream of a RECORD line as the Python CDK prints it, without parsing the record.
+
+    Records are most of the traffic, and parsing each one only to route it costs as much CPU as
+    a good share of the connector's own work. Anything not in that exact shape (other key
+    order, escapes in the name, a namespace) returns None and is parsed in full.
+    """
+    if not line.startswith(_RECORD_PREFIX):
+        return None
+    end = line.find(b'"', len(_RECORD_PREFIX))
+    name = line[len(_RECORD_PREFIX) : end]
+    if end < 0 or b"\\" in name or b'"namespace"' in line:
+        return None
+    return name.decode("utf-8")
 
 
 def stream_id(name: str, namespace: str | None) -> str:
@@ -119,6 +178,7 @@ class LocalSync:
         heartbeat: Callable[[SyncProgress], None],
         cancelled: Callable[[], bool] = lambda: False,
         catalog_cache: CatalogCache | None = None,
+        duckdb_memory_limit: str = "512MB",
     ) -> None:
         self.connection = connection
         self.connector = connector
@@ -130,14 +190,15 @@ class LocalSync:
         self._heartbeat = heartbeat
         self._cancelled = cancelled
         self._catalog_cache = catalog_cache
+        self._duckdb_memory_limit = duckdb_memory_limit
         self.before_state: list[dict[str, Any]] = []
 
-    def _catalog(self, refresh: bool) -> dict[str, Any]:
-        """The source's catalog: discovered on the first run, after a change of the source's
-        command or config, and on a reset; cached in the metadata store otherwise (discover
-        costs a connector start-up on every run, as much as a small sync)."""
+    def _catalog(self) -> dict[str, Any]:
+        """The source's catalog: discovered on the first run and after a change of the source's
+        command or config; cached in the metadata store otherwise (discover costs a connector
+        start-up on every run, as much as a small sync)."""
         source = self.connection.source
-        if self._catalog_cache is not None and not refresh:
+        if self._catalog_cache is not None:
             cached = self._catalog_cache.cached_catalog(self.connection.id, source.fingerprint)
             if cached is not None:
                 return cached
@@ -230,7 +291,9 @@ class LocalSync:
             with (
                 run_log.active(),
                 DuckDBDestination(
-                    self.connection.destination.path, self.connection.id
+                    self.connection.destination.path,
+                    self.connection.id,
+                    self._duckdb_memory_limit,
                 ) as destination,
             ):
                 return self._run(destination, run_log, progress, reset, only, resume)
@@ -247,7 +310,7 @@ class LocalSync:
         only: list[str] | None,
         resume: SyncProgress | None,
     ) -> SyncOutcome:
-        streams = self._plan_streams(self._catalog(refresh=reset), only, reset)
+        streams = self._plan_streams(self._catalog(), only, reset)
         committed = destination.committed_state()
         # Kept for the scrubber: connectors print the state they start from.
         self.before_state = committed
@@ -287,6 +350,7 @@ class LocalSync:
         pending_states: dict[str, dict[str, Any]] = {}
         trace_error: AirbyteMessage | None = None
         last_beat = time.monotonic()
+        committer = _Committer()
         try:
             with self.connector.read_lines(
                 ["read"], files, on_stderr=lambda line: run_log.write("connector", "stderr", line)
@@ -295,16 +359,19 @@ class LocalSync:
                     if not line.lstrip().startswith(b"{"):
                         run_log.write("connector", "stdout", line.decode("utf-8", "replace"))
                         continue
-                    raw = json.loads(line)
-                    if raw.get("type") == "RECORD":
+                    sid = _record_stream(line)
+                    raw = json.loads(line) if sid is None else None
+                    if raw is not None and raw.get("type") == "RECORD":
                         record = raw["record"]
                         sid = stream_id(record["stream"], record.get("namespace"))
+                    if sid is not None:
                         stream = streams.get(sid)
                         if stream is None:
                             run_log.write("sluice", "warn", f"record for unselected stream {sid}")
                             continue
                         self._write_record(stream, sid, line, progress)
                     else:
+                        assert raw is not None
                         message = AirbyteMessage.model_validate(raw)
                         if message.type == Type.STATE and message.state is not None:
                             state = message.state.model_dump(mode="json", exclude_none=True)
@@ -313,6 +380,7 @@ class LocalSync:
                             pending_states[state_key(state)] = state
                             if sum(self._pending_records(streams).values()) >= self.batch_records:
                                 self._commit(
+                                    committer,
                                     destination,
                                     streams,
                                     pending_states,
@@ -337,11 +405,17 @@ class LocalSync:
                     f"connector reported an error ({failure_type or 'unknown'}): {error.message}",
                     failure_type=failure_type,
                 )
-            self._commit(destination, streams, pending_states, held_states, progress, final=True)
+            self._commit(
+                committer, destination, streams, pending_states, held_states, progress, final=True
+            )
+            committer.close()
         except BaseException:
             for stream in streams.values():
                 if stream.writer is not None:
                     stream.writer.abandon()
+            # Commits already handed over finish first: each is whole and consistent.
+            with contextlib.suppress(BaseException):
+                committer.close()
             destination.discard(s.table for s in streams.values())
             raise
         if reset:
@@ -402,6 +476,7 @@ class LocalSync:
 
     def _commit(
         self,
+        committer: _Committer,
         destination: DuckDBDestination,
         streams: dict[str, _StreamRun],
         pending_states: dict[str, dict[str, Any]],
@@ -410,6 +485,7 @@ class LocalSync:
         *,
         final: bool,
     ) -> None:
+        """Hand the pending batches and the states that cover them to the committer."""
         for stream in streams.values():
             self._rotate(stream, progress)
         replacing = {
@@ -429,26 +505,28 @@ class LocalSync:
                 to_commit.append(state)
         if final:
             to_commit += list(held_states.values())
-        with contextlib.ExitStack() as stack:
-            batches = {
-                sid: [stack.enter_context(self.store.local_path(b.key)) for b in s.pending]
-                for sid, s in streams.items()
-            }
-            counts = {sid: sum(b.records for b in s.pending) for sid, s in streams.items()}
-            destination.commit(
-                batches,
-                {sid: s.table for sid, s in streams.items()},
-                to_commit,
-                self.run_id,
-                replace=[s.table for s in streams.values() if s.table.replace] if final else (),
-            )
-        for sid, count in counts.items():
-            progress.records[sid] = progress.records.get(sid, 0) + count
-            streams[sid].pending.clear()
-        progress.states += len(to_commit)
         pending_states.clear()
-        log.info("batch committed", records=sum(counts.values()), states=len(to_commit))
-        self._heartbeat(progress)
+        batches = {sid: list(s.pending) for sid, s in streams.items()}
+        for stream in streams.values():
+            stream.pending.clear()
+        tables = {sid: s.table for sid, s in streams.items()}
+        replace = [s.table for s in streams.values() if s.table.replace] if final else []
+
+        def commit() -> None:
+            with contextlib.ExitStack() as stack:
+                paths = {
+                    sid: [stack.enter_context(self.store.local_path(b.key)) for b in pending]
+                    for sid, pending in batches.items()
+                }
+                destination.commit(paths, tables, to_commit, self.run_id, replace=replace)
+            counts = {sid: sum(b.records for b in pending) for sid, pending in batches.items()}
+            for sid, count in counts.items():
+                progress.records[sid] = progress.records.get(sid, 0) + count
+            progress.states += len(to_commit)
+            log.info("batch committed", records=sum(counts.values()), states=len(to_commit))
+            self._heartbeat(progress)
+
+        committer.submit(commit)
 
     @staticmethod
     def _trace(run_log: RunLog, message: AirbyteMessage) -> AirbyteMessage | None:
