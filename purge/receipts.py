@@ -41,9 +41,30 @@ class PurgeReceipt(BaseModel):
     verified_empty: bool
     failures: list[str] = Field(
         default_factory=list,
-        description='"key: reason" per object that could not be deleted, the first 100 only.',
+        description=(
+            '"key: reason", or "key (version v): reason", per object that could not be '
+            "deleted: the first 100 in key order only."
+        ),
     )
     objects_failed: int = Field(
         default=0, description="All objects that could not be deleted, listed or not."
     )
     store_settings: dict[str, str] = Field(default_factory=dict)
+    delete_calls: int = Field(
+        default=0, description="Batch deletes sent to the store, retries included."
+    )
+    retries: int = Field(
+        default=0,
+        description="Objects sent again after a transient failure (throttling, 5xx, timeout).",
+    )
+    throttles: int = Field(
+        default=0, description="Batch deletes the store answered with 'slow down' (SlowDown, 503)."
+    )
+    recoverable_until: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "Set when the store keeps deleted objects recoverable (Azure soft delete): until "
+            "then the delete can be undone, so the data is not yet gone. None when deletes are "
+            "final."
+        ),
+    )

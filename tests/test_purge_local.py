@@ -454,10 +454,13 @@ def test_open_store_refuses_relative_file_uris(uri: str) -> None:
     assert repr(uri) in str(raised.value)
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/staging/", "az://container/staging/"])
-def test_open_store_cloud_schemes_are_not_supported_yet(uri: str) -> None:
-    with pytest.raises(UnsupportedStoreError, match="not supported yet"):
-        open_store(uri)
+def test_open_store_maps_cloud_uris_to_their_stores() -> None:
+    store = open_store("s3://bucket/staging%20area/")
+    assert store.uri == "s3://bucket/staging area/"
+    with pytest.raises(UnsupportedStoreError, match="no Azure account"):
+        open_store("az://container/staging/")
+    with pytest.raises(UnsupportedStoreError, match="no bucket"):
+        open_store("s3:///staging/")
 
 
 @pytest.mark.parametrize(("uri", "scheme"), [("gs://b/x/", "'gs'"), ("/abs/dir/", "no scheme")])

@@ -238,6 +238,11 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
             f"{receipt.objects_failed} could not be deleted"
         )
         return 1
+    if receipt.recoverable_until is not None:
+        console.print(
+            f"[yellow]deleted, but recoverable until {receipt.recoverable_until:%Y-%m-%d %H:%M} "
+            f"UTC[/]: the store keeps deleted objects ({receipt.store_settings})"
+        )
     return 0
 
 

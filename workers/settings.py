@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     azure_account_url: str | None = Field(
         default=None, description="e.g. https://ACCOUNT.blob.core.windows.net"
     )
+    s3_server_side_encryption: str | None = Field(
+        default="AES256",
+        description="requested on every S3 write (staging and retained logs): AES256 or aws:kms",
+    )
     azure_credential: str | None = Field(
         default=None, description="account key or SAS token for azure_account_url"
     )

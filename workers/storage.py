@@ -12,6 +12,7 @@ def store_options(settings: Settings) -> StoreOptions:
         azure_connection_string=settings.azure_storage_connection_string,
         azure_account_url=settings.azure_account_url,
         azure_credential=settings.azure_credential,
+        s3_server_side_encryption=settings.s3_server_side_encryption or None,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from purge.stores.azure import AzureStagingStore
 from purge.stores.base import (
     DeleteResult,
     StagingStore,
@@ -17,10 +18,13 @@ from purge.stores.base import (
     validate_key,
 )
 from purge.stores.local import LocalStagingStore
+from purge.stores.s3 import S3StagingStore
 
 __all__ = [
+    "AzureStagingStore",
     "DeleteResult",
     "LocalStagingStore",
+    "S3StagingStore",
     "StagingStore",
     "StoreOptions",
     "StoredObject",
@@ -41,6 +45,8 @@ class StoreOptions:
     azure_connection_string: str | None = None
     azure_account_url: str | None = None
     azure_credential: Any = None
+    s3_server_side_encryption: str | None = None
+    """Requested on every S3 write, e.g. "AES256" or "aws:kms"."""
 
 
 class UnsupportedStoreError(ValueError):
@@ -48,13 +54,33 @@ class UnsupportedStoreError(ValueError):
 
 
 def open_store(uri: str, options: StoreOptions | None = None) -> StagingStore:
-    """Open the store a URI names: file:///abs/dir/ today; s3:// and az:// are planned."""
+    """Open the store a URI names, rooted there: file:///abs/dir/, s3://bucket/prefix/ or
+    az://container/prefix/ (the Azure account comes from the options)."""
+    options = options or StoreOptions()
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme == "file":
         return LocalStagingStore(_file_uri_path(uri, parts))
     if scheme in ("s3", "az"):
-        raise UnsupportedStoreError(f"{scheme}:// staging stores are not supported yet: {uri!r}")
+        if not parts.netloc:
+            raise UnsupportedStoreError(f"store URI {uri!r} names no bucket or container")
+        base = urllib.parse.unquote(parts.path).lstrip("/")
+        if scheme == "s3":
+            return S3StagingStore(
+                parts.netloc, base, server_side_encryption=options.s3_server_side_encryption
+            )
+        if not (options.azure_connection_string or options.azure_account_url):
+            raise UnsupportedStoreError(
+                f"store URI {uri!r}: no Azure account configured; set "
+                "AZURE_STORAGE_CONNECTION_STRING or SLUICE_AZURE_ACCOUNT_URL"
+            )
+        return AzureStagingStore.from_environment(
+            parts.netloc,
+            base,
+            connection_string=options.azure_connection_string,
+            account_url=options.azure_account_url,
+            credential=options.azure_credential,
+        )
     if not scheme:
         raise UnsupportedStoreError(
             f"store URI {uri!r} has no scheme; use file:///absolute/dir/, s3:// or az://"

@@ -10,6 +10,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -125,6 +126,14 @@ class StagingStore(ABC):
     uri: str
     """The store root as a URI, ending in "/"."""
 
+    delete_concurrency: int = 1
+    """How many `delete` calls the purge pipeline may run at once, at most.
+
+    Remote stores raise it, since each call mostly waits on the network; their `delete` must
+    then be safe to call from several threads. At 1 the purge deletes in the calling thread,
+    in lockstep with the listing, which is all a local disk needs.
+    """
+
     @abstractmethod
     def open_write(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
         """Write an object atomically.
@@ -170,6 +179,12 @@ class StagingStore(ABC):
         Object stores have no directories, so by default there is nothing to prune. It takes
         the prefix, rather than being part of `delete`, so that it can never reach above it.
         """
+
+    def recoverable_until(self, deleted_at: datetime) -> datetime | None:
+        """Until when objects deleted at `deleted_at` can still be recovered (soft delete), or
+        None when a delete is final. The receipt says so instead of claiming a purge."""
+        del deleted_at
+        return None
 
     @abstractmethod
     def settings(self) -> dict[str, str]:

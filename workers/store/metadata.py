@@ -98,6 +98,10 @@ purge_receipts = Table(
     Column("manifest_sha256", String(64), nullable=False),
     Column("remaining", Integer, nullable=False),
     Column("objects_failed", Integer, nullable=False, default=0),
+    Column("delete_calls", Integer, nullable=False, default=0),
+    Column("retries", Integer, nullable=False, default=0),
+    Column("throttles", Integer, nullable=False, default=0),
+    Column("recoverable_until", DateTime(timezone=True)),
     Column("verified_empty", Boolean, nullable=False),
     Column("failures", JSON, nullable=False),
     Column("store_settings", JSON, nullable=False),
@@ -306,9 +310,9 @@ class MetadataStore:
         row = self.get_receipt(receipt_id)
         if row is None:
             return None
-        for stamp in ("started_at", "finished_at"):
+        for stamp in ("started_at", "finished_at", "recoverable_until"):
             # SQLite hands timestamps back without their zone; they were written in UTC.
-            if row[stamp].tzinfo is None:
+            if row[stamp] is not None and row[stamp].tzinfo is None:
                 row[stamp] = row[stamp].replace(tzinfo=UTC)
         return PurgeReceipt.model_validate(row)
 
