@@ -60,6 +60,15 @@ class PurgeReceipt(BaseModel):
     throttles: int = Field(
         default=0, description="Batch deletes the store answered with 'slow down' (SlowDown, 503)."
     )
+    objects_deleted_before_resume: int = Field(
+        default=0,
+        description=(
+            "Objects an earlier, interrupted attempt of the same purge had deleted, as of its "
+            "last heartbeat (deletes after that are not counted anywhere): included in "
+            "objects_deleted, not in the manifest or bytes_deleted. The verification listing, "
+            "not the counts, is what proves the prefix empty."
+        ),
+    )
     recoverable_until: AwareDatetime | None = Field(
         default=None,
         description=(

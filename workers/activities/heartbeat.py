@@ -17,7 +17,7 @@ from temporalio import activity
 
 
 class Heartbeater:
-    def __init__(self, details: Any = None, interval: float = 5.0) -> None:
+    def __init__(self, details: Any = None, interval: float | None = None) -> None:
         self.details = details
         self._interval = interval
         self._stop = threading.Event()
@@ -25,8 +25,8 @@ class Heartbeater:
     def update(self, details: Any) -> None:
         self.details = details
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
             self.send()
 
     def send(self) -> None:
@@ -37,9 +37,14 @@ class Heartbeater:
 
     @contextmanager
     def running(self) -> Iterator[Heartbeater]:
+        interval = self._interval
+        if interval is None:
+            # Well inside the heartbeat timeout, or a live activity would be declared dead.
+            timeout = activity.info().heartbeat_timeout
+            interval = min(5.0, timeout.total_seconds() / 3) if timeout else 5.0
         # The activity context lives in a context variable: the thread runs in a copy of it.
         context = contextvars.copy_context()
-        thread = threading.Thread(target=context.run, args=(self._beat,), daemon=True)
+        thread = threading.Thread(target=context.run, args=(self._beat, interval), daemon=True)
         thread.start()
         try:
             yield self

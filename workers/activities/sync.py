@@ -267,13 +267,23 @@ class SyncActivities:
             )
         except TargetRefusedError as exc:
             raise _fail("PurgeRefused", str(exc)) from None
-        heartbeater = Heartbeater(0)
+        # A retry after a worker died mid-purge lists what is left and deletes it; the counts
+        # of the interrupted attempt come from its heartbeats.
+        before = int(resume_details() or 0)
+        heartbeater = Heartbeater(before)
         with heartbeater.running():
             receipt = purge_prefix(
                 open_store(target.store_uri, store_options(self.settings)),
                 target.prefix,
                 receipt_id=receipt_id,
-                on_progress=heartbeater.update,
+                on_progress=lambda deleted: heartbeater.update(before + deleted),
+            )
+        if before:
+            receipt = receipt.model_copy(
+                update={
+                    "objects_deleted": receipt.objects_deleted + before,
+                    "objects_deleted_before_resume": before,
+                }
             )
         self.store.record_receipt(receipt, plan.run_id)
         log.info(

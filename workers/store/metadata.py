@@ -99,6 +99,7 @@ purge_receipts = Table(
     Column("remaining", Integer, nullable=False),
     Column("objects_failed", Integer, nullable=False, default=0),
     Column("delete_calls", Integer, nullable=False, default=0),
+    Column("objects_deleted_before_resume", Integer, nullable=False, default=0),
     Column("retries", Integer, nullable=False, default=0),
     Column("throttles", Integer, nullable=False, default=0),
     Column("recoverable_until", DateTime(timezone=True)),

@@ -1,0 +1,200 @@
+"""Syncs whose staging (and retained logs) live in S3 or Azure Blob Storage, end to end through
+the workflow, on moto's S3 server and Azurite; and a worker killed mid-purge, then resumed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+from botocore.client import BaseClient
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from tests.conftest import REPO, protocol_connector
+from tests.s3_server import DUMMY_CREDENTIALS, REGION, bucket, s3_client, s3_endpoint, seed_objects
+from tests.test_bad_input import items_connection
+from workers.cli import start_sync
+from workers.settings import Settings
+from workers.store.metadata import MetadataStore
+from workflows.models import SyncRequest, SyncSummary
+
+pytestmark = pytest.mark.temporal
+pytest_plugins = ["tests.azurite_server"]
+__all__ = ["bucket", "s3_client", "s3_endpoint"]  # fixtures, imported to be found
+
+READ = """
+for i in range(1, 6):
+    record(i, f"2024-03-0{i}T00:00:00Z")
+state("2024-03-05T00:00:00Z")
+"""
+
+
+@pytest.fixture
+def aws_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The standard AWS settings, as a deployment sets them, pointed at moto's server."""
+    env = {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS["aws_secret_access_key"],
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield env
+
+
+def all_versions(client: BaseClient, bucket_name: str, prefix: str) -> list[str]:
+    listed = client.list_object_versions(Bucket=bucket_name, Prefix=prefix)
+    return [v["Key"] for v in listed.get("Versions", []) + listed.get("DeleteMarkers", [])]
+
+
+async def test_sync_with_staging_and_logs_on_s3(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    bucket: Callable[[str], str],
+    s3_client: BaseClient,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+) -> None:
+    name = bucket("versioned")
+    connector = protocol_connector(tmp_path, "source-items", READ)
+    body = items_connection(connector, tmp_path / "w.duckdb").replace(
+        "[connections.source]", f'staging = "s3://{name}/staging/"\n[connections.source]'
+    )
+    settings = make_settings(
+        body,
+        log_store=f"s3://{name}/logs/",
+        purge_allow=[f"s3://{name}/staging/"],
+        batch_records=2,
+    )
+    await run_worker(settings)
+
+    summary = await (
+        await start_sync(client, settings, SyncRequest(connection_id="items"))
+    ).result()
+
+    assert summary.records == {"items": 5} and summary.verified_empty
+    assert summary.objects_purged >= 3  # three batch files, every version of each
+    assert all_versions(s3_client, name, "staging/") == []
+    logs = all_versions(s3_client, name, "logs/")
+    assert logs == [f"logs/items/{summary.run_id}/attempt-001.log"]
+    head = s3_client.head_object(Bucket=name, Key=logs[0])
+    assert head["ServerSideEncryption"] == "AES256"
+    text = s3_client.get_object(Bucket=name, Key=logs[0])["Body"].read().decode()
+    assert "2024-03-05T00:00:00Z" not in text and "sync committed" in text
+
+
+async def test_sync_with_staging_on_azure(
+    tmp_path: Path,
+    azurite_connection_string: str,
+    azure_service: BlobServiceClient,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+) -> None:
+    container = azure_service.create_container("staging-e2e")
+    connector = protocol_connector(tmp_path, "source-items", READ)
+    body = items_connection(connector, tmp_path / "w.duckdb").replace(
+        "[connections.source]", 'staging = "az://staging-e2e/runs/"\n[connections.source]'
+    )
+    settings = make_settings(
+        body, azure_storage_connection_string=azurite_connection_string, batch_records=2
+    )
+    await run_worker(settings)
+    try:
+        summary = await (
+            await start_sync(client, settings, SyncRequest(connection_id="items"))
+        ).result()
+        assert summary.records == {"items": 5} and summary.verified_empty
+        assert summary.objects_purged == 3
+        assert list(container.list_blobs(name_starts_with="runs/", include=["snapshots"])) == []
+    finally:
+        container.delete_container()
+
+
+async def test_worker_killed_mid_purge_resumes_and_finishes(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    bucket: Callable[[str], str],
+    s3_client: BaseClient,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    name = bucket("plain")
+    connector = protocol_connector(tmp_path, "source-items", "import time\ntime.sleep(2)\n" + READ)
+    body = items_connection(connector, tmp_path / "w.duckdb").replace(
+        "[connections.source]", f'staging = "s3://{name}/staging/"\n[connections.source]'
+    )
+    settings = make_settings(body, heartbeat_timeout_seconds=3)
+    worker = _worker_process(settings, temporal_env, aws_env, tmp_path)
+    try:
+        handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
+        run_id = handle.result_run_id
+        # While the connector runs, the run's staging grows large enough to take a while.
+        extra = seed_objects(name, (f"staging/items/{run_id}/extra/{i:06d}" for i in range(20_000)))
+        await _wait_for_purge_progress(handle, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    assert all_versions(s3_client, name, f"staging/items/{run_id}/extra/")  # not finished
+
+    await run_worker(settings)
+    summary: SyncSummary = await handle.result()
+
+    assert summary.verified_empty
+    assert all_versions(s3_client, name, "staging/") == []
+    receipt = MetadataStore.from_url(settings.resolved_metadata_url).receipt(
+        summary.receipt_id or ""
+    )
+    assert receipt is not None and receipt.objects_deleted_before_resume > 0
+    # Counted from the interrupted attempt's last heartbeat, plus what the retry deleted.
+    assert extra // 2 < summary.objects_purged <= extra + 10
+
+
+async def _purge_progress(handle: Any) -> int:
+    """Objects deleted so far, from the purge activity's last heartbeat (0 before it)."""
+    description = await handle.describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.activity_type.name == "purge_staging" and pending.heartbeat_details.payloads:
+            return int(json.loads(pending.heartbeat_details.payloads[0].data))
+    return 0
+
+
+async def _wait_for_purge_progress(handle: Any, timeout: float) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (deleted := await _purge_progress(handle)) == 0:
+        if loop.time() > deadline:
+            raise AssertionError("the purge never reported progress")
+        await asyncio.sleep(0.05)
+    return deleted
+
+
+def _worker_process(
+    settings: Settings, temporal_env: WorkflowEnvironment, aws: dict[str, str], tmp_path: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        **aws,
+        "SLUICE_STATE_DIR": str(settings.state_path),
+        "SLUICE_CONNECTIONS_FILE": str(settings.connections_file),
+        "SLUICE_CONNECTORS_DIR": str(settings.connectors_dir),
+        "SLUICE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+        "SLUICE_TASK_QUEUE": settings.task_queue,
+        "SLUICE_HEARTBEAT_TIMEOUT_SECONDS": str(settings.heartbeat_timeout_seconds),
+    }
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - kept open for the child
+    return subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "sluice"), "worker"], env=env, stdout=log, stderr=log
+    )
