@@ -5,15 +5,18 @@ PyAirbyte virtual environment, then calls this file). In one run it measures
 
 1. the bare read: ``source-faker read --config C --catalog CAT > /dev/null``;
 2. Sluice: the real SyncConnectionWorkflow on a Temporal dev server started here (temporary
-   database, free loopback ports) and a worker built by ``workers.worker.build_worker`` in a
-   *child process* (so that its memory is measured alone, apart from this process and the
-   Temporal server), twice over with ``reset=true``: cold (first run of the worker) and warm;
+   database, free loopback ports, no UI) and a worker built by ``workers.worker.build_worker``
+   in a *child process* (so that its memory and CPU are measured apart from this process and the
+   Temporal server): a cold run (the worker's first) and warm runs, all with ``reset=true``,
+   plus warm runs with ``reset=false`` (same data: every stream is full_refresh + overwrite)
+   to show what the catalog cache saves when a run does not force a fresh discover;
 3. PyAirbyte: ``source.read()`` into a DuckDB cache, in its own virtual environment, as a
    subprocess (``bench/pyairbyte_read.py``).
 
-For each: wall seconds, records/s and the peak RSS of the process tree (this file samples
-``/proc`` every 50 ms). Then Sluice's ratios against its targets, the per-activity breakdown of
-the Sluice runs (from the workflow history) and, when Sluice misses its target, a cProfile of the
+For each: wall seconds, records/s, CPU seconds of the process tree and its peak RSS (sampled from
+``/proc`` every 50 ms), and the CPU that *other* processes burnt meanwhile (a noise gauge: the
+machine has 2 cores). Then Sluice's ratios against its targets, the per-activity breakdown of the
+Sluice runs (from the workflow history) and, when Sluice misses its target, a cProfile of the
 worker side (one extra, untimed run).
 """
 
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import io
 import json
 import os
 import pstats
@@ -42,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,9 +74,10 @@ CONNECTION_ID = "bench-faker"
 SAMPLE_EVERY = 0.05
 TARGET_SLUICE_OVER_BARE = 1.15
 TARGET_PYAIRBYTE_OVER_SLUICE = 1.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-# -- memory of a process tree ---------------------------------------------------------------
+# -- /proc: memory and CPU of process trees ---------------------------------------------------
 
 
 def _children(pid: int) -> list[int]:
@@ -104,12 +110,32 @@ def _memory_kib(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
+def process_cpu(pid: int, *, reaped_children: bool = True) -> float:
+    """CPU seconds (user + system) of a live process, plus those of the children it reaped."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state): utime, stime, cutime, cstime are fields 14-17.
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
+
+
+def machine_busy_cpu() -> float:
+    """CPU seconds the whole machine spent busy since boot (every core)."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
 class TreeSampler:
     """Peak RSS of a process and its descendants, sampled from /proc every 50 ms.
 
     The peak is the larger of the largest sampled sum of VmRSS over the tree and the largest
     VmHWM (kernel-tracked peak) of any one process in it, which covers a one-process tree whose
-    peak falls between two samples.
+    peak falls between two samples. Also records the descendants seen and, for the root's direct
+    children (connector commands), their verb and how long they were seen alive (+-50 ms).
     """
 
     def __init__(self, root: int, interval: float = SAMPLE_EVERY) -> None:
@@ -117,18 +143,25 @@ class TreeSampler:
         self.interval = interval
         self.peak_sum_kib = 0
         self.peak_one_kib = 0
-        self.samples = 0
+        self.descendants: set[int] = set()
+        self.children: dict[int, list[Any]] = {}  # pid -> [verb, first seen, last seen]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rss-sampler")
 
     def _sample(self) -> None:
+        now = time.perf_counter()
+        for pid in _children(self.root):
+            if pid not in self.children:
+                self.children[pid] = [_verb(pid), now, now]
+            self.children[pid][2] = now
         total = 0
         for pid in _tree(self.root):
             rss, hwm = _memory_kib(pid)
             total += rss
             self.peak_one_kib = max(self.peak_one_kib, hwm)
+            if pid != self.root:
+                self.descendants.add(pid)
         self.peak_sum_kib = max(self.peak_sum_kib, total)
-        self.samples += 1
 
     def _loop(self) -> None:
         while True:
@@ -148,6 +181,56 @@ class TreeSampler:
     def peak_mib(self) -> float:
         return max(self.peak_sum_kib, self.peak_one_kib) / 1024
 
+    def seconds_by_verb(self) -> dict[str, float]:
+        """How long the root's children ran, summed per connector verb."""
+        seconds: dict[str, float] = {}
+        for verb, first, last in self.children.values():
+            seconds[verb] = seconds.get(verb, 0.0) + last - first
+        return seconds
+
+
+def _verb(pid: int) -> str:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as fh:
+        args = fh.read().decode(errors="replace").split("\0")
+        for verb in ("spec", "check", "discover", "read"):
+            if verb in args:
+                return verb
+    return "other"
+
+
+class Meter:
+    """Machine-wide busy CPU and our Temporal server's CPU over one measurement."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.busy = self.server = 0.0
+
+    def _server(self) -> float:
+        if self.server_pid is None:
+            return 0.0
+        with contextlib.suppress(OSError):
+            return process_cpu(self.server_pid)
+        return 0.0
+
+    def __enter__(self) -> Meter:
+        self._busy0, self._server0 = machine_busy_cpu(), self._server()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.busy = machine_busy_cpu() - self._busy0
+        self.server = self._server() - self._server0
+
+    def others(self, tree_cpu: float) -> float:
+        """CPU seconds of processes other than the measured tree and our Temporal server."""
+        return max(0.0, self.busy - tree_cpu - self.server)
+
+
+def wait_with_usage(process: subprocess.Popen[Any]) -> tuple[int, float]:
+    """Wait for a child; its exit code and the CPU seconds of its whole (reaped) tree."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_utime + usage.ru_stime
+
 
 # -- results --------------------------------------------------------------------------------
 
@@ -157,6 +240,8 @@ class Run:
     seconds: float
     records: int
     peak_mib: float
+    cpu_seconds: float
+    other_cpu: float
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -164,7 +249,6 @@ class Run:
 class Measured:
     label: str
     runs: list[Run] = field(default_factory=list)
-    note: str = ""
 
     def median(self, key: Callable[[Run], float] = lambda r: r.seconds) -> float:
         return statistics.median(key(r) for r in self.runs)
@@ -177,17 +261,23 @@ class Measured:
     def records(self) -> int:
         return self.runs[0].records if self.runs else 0
 
-    @property
-    def peak_mib(self) -> float:
-        return self.median(lambda r: r.peak_mib)
-
 
 def _table(rows: Sequence[Measured]) -> str:
-    header = ["measurement", "n", "wall s (median)", "runs s", "records", "records/s", "peak MiB"]
+    header = [
+        "measurement",
+        "n",
+        "wall s",
+        "runs s",
+        "records",
+        "records/s",
+        "CPU s",
+        "peak MiB",
+        "others' CPU s",
+    ]
     lines = [header]
     for row in rows:
         if not row.runs:
-            lines.append([row.label, "0", "-", "-", "-", "-", "-"])
+            lines.append([row.label, "0", *["-"] * (len(header) - 2)])
             continue
         lines.append(
             [
@@ -196,8 +286,10 @@ def _table(rows: Sequence[Measured]) -> str:
                 f"{row.seconds:.2f}",
                 " ".join(f"{r.seconds:.2f}" for r in row.runs),
                 str(row.records),
-                f"{row.records / row.seconds:,.0f}" if row.records else "-",
-                f"{row.peak_mib:.0f}",
+                f"{row.records / row.seconds:,.0f}",
+                f"{row.median(lambda r: r.cpu_seconds):.2f}",
+                f"{row.median(lambda r: r.peak_mib):.0f}",
+                f"{row.median(lambda r: r.other_cpu):.2f}",
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -265,22 +357,27 @@ def count_records(faker: str, config: Path, catalog: Path) -> Counter[str]:
     return counts
 
 
-def bare_read(faker: str, config: Path, catalog: Path, records: int) -> Run:
+def bare_read(faker: str, config: Path, catalog: Path, records: int, server: int | None) -> Run:
     argv = [faker, "read", "--config", str(config), "--catalog", str(catalog)]
-    started = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with TreeSampler(process.pid) as sampler:
-        code = process.wait()
-    seconds = time.perf_counter() - started
+    with Meter(server) as meter:
+        started = time.perf_counter()
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with TreeSampler(process.pid) as sampler:
+            code, cpu = wait_with_usage(process)
+        seconds = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"bare read exited with code {code}")
-    return Run(seconds, records, sampler.peak_mib)
+    extra = {"processes": 1 + len(sampler.descendants)}
+    return Run(seconds, records, sampler.peak_mib, cpu, meter.others(cpu), extra)
 
 
 # -- PyAirbyte ------------------------------------------------------------------------------
 
 
-def pyairbyte_read(python: str, faker: str, config: Path, workdir: Path) -> Run:
+def pyairbyte_read(
+    python: str, faker: str, config: Path, workdir: Path, server: int | None
+) -> tuple[Run, Run]:
+    """One PyAirbyte run: (the read inside the script, the subprocess as a whole)."""
     rundir = Path(tempfile.mkdtemp(prefix="pyairbyte-", dir=workdir))
     out = rundir / "result.json"
     log_path = workdir / "pyairbyte.log"
@@ -305,13 +402,13 @@ def pyairbyte_read(python: str, faker: str, config: Path, workdir: Path) -> Run:
         "--out",
         str(out),
     ]
-    with open(log_path, "ab") as log:
+    with open(log_path, "ab") as log, Meter(server) as meter:
         started = time.perf_counter()
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
         with TreeSampler(process.pid) as sampler:
-            code = process.wait()
+            code, cpu = wait_with_usage(process)
         wall = time.perf_counter() - started
     if code != 0 or not out.exists():
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
@@ -319,7 +416,11 @@ def pyairbyte_read(python: str, faker: str, config: Path, workdir: Path) -> Run:
     result = json.loads(out.read_text())
     shutil.rmtree(rundir, ignore_errors=True)
     records = sum(result["records"].values())
-    return Run(result["read_seconds"], records, sampler.peak_mib, {"wall": wall, **result})
+    others = meter.others(cpu)
+    return (
+        Run(result["read_seconds"], records, sampler.peak_mib, cpu, others, result),
+        Run(wall, records, sampler.peak_mib, cpu, others, result),
+    )
 
 
 # -- Sluice ---------------------------------------------------------------------------------
@@ -371,8 +472,23 @@ def write_connections(path: Path, faker: str, warehouse: Path) -> None:
     path.write_text("\n".join(body) + "\n", encoding="utf-8")
 
 
+@dataclass
+class DevServer:
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            raise SystemExit(
+                f"the Temporal dev server (pid {self.process.pid}) exited with code "
+                f"{self.process.returncode} during the benchmark; not by this bench (another "
+                f"process stopped it?); see {self.log_path}"
+            )
+
+
 @contextlib.contextmanager
-def temporal_dev_server(workdir: Path) -> Iterator[str]:
+def temporal_dev_server(workdir: Path) -> Iterator[DevServer]:
     """A dev server of our own: temporary database, free loopback ports, no UI."""
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -396,22 +512,20 @@ def temporal_dev_server(workdir: Path) -> Iterator[str]:
         "--log-level",
         "warn",
     ]
-    with open(workdir / "temporal.log", "ab") as log:
+    log_path = workdir / "temporal.log"
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
+    server = DevServer(address, process, log_path)
     try:
         deadline = time.monotonic() + 60
         while not is_listening(address):
-            if process.poll() is not None:
-                raise SystemExit(
-                    f"the Temporal dev server exited with code {process.returncode}; "
-                    f"see {workdir / 'temporal.log'}"
-                )
+            server.check()
             if time.monotonic() > deadline:
                 raise SystemExit("the Temporal dev server did not listen within 60 s")
             time.sleep(0.1)
-        yield address
+        yield server
     finally:
         _stop(process, timeout=15)
 
@@ -452,33 +566,29 @@ async def _has_poller(client: Client, settings: Settings) -> bool:
     return len(response.pollers) > 0
 
 
-def _settings_args(settings: Settings) -> list[str]:
-    return [
-        "--state-dir",
-        str(settings.state_dir),
-        "--connections-file",
-        str(settings.connections_file),
-        "--address",
-        settings.temporal_address,
-        "--task-queue",
-        settings.task_queue,
-    ]
-
-
 class WorkerProcess:
     """``build_worker`` in a child process (this file, ``--worker-child``)."""
 
     def __init__(self, settings: Settings, workdir: Path, profile_dir: Path | None) -> None:
         self.settings = settings
         self.log_path = workdir / ("worker-profiled.log" if profile_dir else "worker.log")
-        argv = [sys.executable, str(Path(__file__).resolve()), "--worker-child"]
-        argv += _settings_args(settings)
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker-child",
+            "--state-dir",
+            str(settings.state_dir),
+            "--connections-file",
+            str(settings.connections_file),
+            "--address",
+            settings.temporal_address,
+            "--task-queue",
+            settings.task_queue,
+        ]
         if profile_dir is not None:
             argv += ["--profile-dir", str(profile_dir)]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        }
+        pythonpath = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 argv,
@@ -508,30 +618,44 @@ class WorkerProcess:
         _stop(self.process, timeout=30)
 
 
-async def sluice_sync(client: Client, settings: Settings, worker: WorkerProcess) -> Run:
-    """One SyncConnectionWorkflow run, reset=true, timed from start to result."""
-    with TreeSampler(worker.pid) as sampler:
-        started = time.perf_counter()
-        handle = await client.start_workflow(
-            SyncConnectionWorkflow.run,
-            SyncRequest(connection_id=CONNECTION_ID, reset=True),
-            id=f"bench-sync-{uuid.uuid4().hex[:12]}",
-            task_queue=settings.task_queue,
-            execution_timeout=timedelta(minutes=30),
-            result_type=SyncSummary,
-        )
-        summary = await handle.result()
-        seconds = time.perf_counter() - started
+async def sluice_sync(
+    client: Client, settings: Settings, worker: WorkerProcess, server: DevServer, *, reset: bool
+) -> Run:
+    """One SyncConnectionWorkflow run, timed from workflow start to result."""
+    try:
+        cpu_before = process_cpu(worker.pid)
+        with Meter(server.process.pid) as meter, TreeSampler(worker.pid) as sampler:
+            started = time.perf_counter()
+            handle = await client.start_workflow(
+                SyncConnectionWorkflow.run,
+                SyncRequest(connection_id=CONNECTION_ID, reset=reset),
+                id=f"bench-sync-{uuid.uuid4().hex[:12]}",
+                task_queue=settings.task_queue,
+                execution_timeout=timedelta(minutes=30),
+                result_type=SyncSummary,
+            )
+            summary = await handle.result()
+            seconds = time.perf_counter() - started
+            # The connector processes were reaped by the worker: their CPU is in its cutime.
+            cpu = process_cpu(worker.pid) - cpu_before
+        phases = await activity_phases(handle)
+    except Exception:
+        server.check()
+        raise
     if summary.status != "succeeded" or not summary.verified_empty:
         raise SystemExit(f"Sluice run did not succeed cleanly: {summary}")
-    phases = await activity_phases(handle)
+    phases["(Temporal server CPU s)"] = meter.server
     return Run(
         seconds,
         sum(summary.records.values()),
         sampler.peak_mib,
+        cpu,
+        meter.others(cpu),
         {
             "records": summary.records,
             "phases": phases,
+            "connector_processes": len(sampler.descendants),
+            "connector_seconds": sampler.seconds_by_verb(),
             "workflow_id": handle.id,
             "bytes_staged": summary.bytes_staged,
             "objects_purged": summary.objects_purged,
@@ -552,13 +676,12 @@ async def activity_phases(handle: Any) -> dict[str, float]:
             name = event.activity_task_scheduled_event_attributes.activity_type.name
             scheduled[event.event_id] = (name, at)
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            name, since = scheduled[
-                event.activity_task_completed_event_attributes.scheduled_event_id
-            ]
+            attributes = event.activity_task_completed_event_attributes
+            name, since = scheduled[attributes.scheduled_event_id]
             phases[name] = phases.get(name, 0.0) + (at - since).total_seconds()
     if first and last:
         total = (last - first).total_seconds()
-        phases["(workflow tasks, queueing)"] = total - sum(phases.values())
+        phases["(between activities)"] = total - sum(phases.values())
         phases["(history: first -> last event)"] = total
     return phases
 
@@ -573,11 +696,11 @@ def check_destination(warehouse: Path, expected: Counter[str]) -> tuple[dict[str
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
             ).fetchall()
         ]
-        counts = {
-            s: int(db.execute(f'SELECT count(*) FROM "{s}"').fetchone()[0])  # type: ignore[index]
-            for s in STREAMS
-            if s in tables
-        }
+        counts = {}
+        for stream in STREAMS:
+            if stream in tables:
+                row = db.execute(f'SELECT count(*) FROM "{stream}"').fetchone()
+                counts[stream] = int(row[0]) if row else 0
     problems = [
         f"{s}: destination {counts.get(s)} rows, bare read emitted {expected.get(s, 0)}"
         for s in STREAMS
@@ -614,7 +737,7 @@ async def worker_child(args: argparse.Namespace) -> int:
     from workers import worker as worker_module
     from workers.runlog import configure_logging
 
-    configure_logging(os.environ.get("SLUICE_LOG_LEVEL", "WARNING"))
+    configure_logging(os.environ.get("SLUICE_LOG_LEVEL", "WARNING"))  # as `sluice worker`
     settings = Settings(
         state_dir=args.state_dir,
         connections_file=args.connections_file,
@@ -623,6 +746,7 @@ async def worker_child(args: argparse.Namespace) -> int:
     )
     loop_profile: cProfile.Profile | None = None
     if args.profile_dir is not None:
+        # build_worker makes its activity executor from this module-level name.
         worker_module.ThreadPoolExecutor = _ProfilingExecutor  # type: ignore[misc]
         loop_profile = cProfile.Profile()
     client = await connect_with_retry(settings)
@@ -648,9 +772,7 @@ async def worker_child(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_profile(path: Path, title: str, limit: int) -> str:
-    import io
-
+def format_profile(path: Path, title: str, limit: int) -> str:
     buffer = io.StringIO()
     stats = pstats.Stats(str(path), stream=buffer)
     stats.strip_dirs()
@@ -664,25 +786,39 @@ def print_profile(path: Path, title: str, limit: int) -> str:
 # -- the benchmark --------------------------------------------------------------------------
 
 
+def _say(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def _loadavg() -> str:
+    with open("/proc/loadavg") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # so that the finally blocks stop our children
+
+
 async def bench(args: argparse.Namespace) -> int:
     faker = str(Path(args.faker).resolve())
     if not os.access(faker, os.X_OK):
         raise SystemExit(f"not an executable: {faker}")
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
     started = time.perf_counter()
-    print(f"work dir {workdir}; connector {faker}", file=sys.stderr)
+    _say(f"work dir {workdir}; connector {faker}; load average {_loadavg()}")
+    keep = args.keep
     try:
         return await _bench(args, faker, workdir)
+    except BaseException:
+        keep = True  # its logs tell what went wrong
+        raise
     finally:
-        print(f"total bench time {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
+        _say(f"total bench time {time.perf_counter() - started:.0f} s")
+        if keep:
+            _say(f"kept {workdir} (logs: temporal.log, worker.log, pyairbyte.log)")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _say(message: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
 async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
@@ -697,8 +833,9 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
     )
 
     bare = Measured("bare read (source-faker read > /dev/null)")
-    cold = Measured("Sluice cold (1st run: discover)")
-    warm = Measured("Sluice warm (reset=true)")
+    cold = Measured("Sluice cold, reset=true (worker's 1st run)")
+    warm = Measured("Sluice warm, reset=true")
+    cached = Measured("Sluice warm, reset=false (same data)")
     pyab = Measured("PyAirbyte source.read() (in script)")
     pyab_wall = Measured("PyAirbyte subprocess wall")
     pyab_error: str | None = None
@@ -706,63 +843,69 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
     if not pyab_python or not Path(pyab_python).exists():
         pyab_error = f"PyAirbyte virtual environment missing ({pyab_python}); run bench/run"
 
-    state = workdir / "sluice-state"
     warehouse = workdir / "warehouse.duckdb"
     connections = workdir / "connections.toml"
     write_connections(connections, faker, warehouse)
     profile_dir = workdir / "profile"
     destination_check: dict[str, Any] = {}
+    profile_text = ""
+    idle_mib = worker_hwm_mib = 0.0
 
-    with temporal_dev_server(workdir) as address:
+    with temporal_dev_server(workdir) as server:
         settings = Settings(
-            state_dir=state,
+            state_dir=workdir / "sluice-state",
             connections_file=connections,
-            temporal_address=address,
+            temporal_address=server.address,
             task_queue=f"bench-{uuid.uuid4().hex[:8]}",
         )
         client = await connect_with_retry(settings)
-        _say(f"Temporal dev server on {address}")
+        server_pid = server.process.pid
+        _say(f"Temporal dev server on {server.address} (pid {server_pid})")
         worker = WorkerProcess(settings, workdir, None)
         try:
             await worker.wait_polling(client)
-            _say(f"worker polling (child process {worker.pid})")
-            run = await sluice_sync(client, settings, worker)
+            idle_mib = sum(_memory_kib(pid)[0] for pid in _tree(worker.pid)) / 1024
+            _say(f"worker polling (child process {worker.pid}, {idle_mib:.0f} MiB RSS idle)")
+            run = await sluice_sync(client, settings, worker, server, reset=True)
             cold.runs.append(run)
             _say(f"Sluice cold: {run.seconds:.2f} s")
             for number in range(1, args.repeat + 1):
-                run = bare_read(faker, config, catalog, total_expected)
+                run = bare_read(faker, config, catalog, total_expected, server_pid)
                 bare.runs.append(run)
                 _say(f"round {number}: bare read {run.seconds:.2f} s")
-                run = await sluice_sync(client, settings, worker)
+                run = await sluice_sync(client, settings, worker, server, reset=True)
                 warm.runs.append(run)
-                _say(f"round {number}: Sluice warm {run.seconds:.2f} s")
+                _say(f"round {number}: Sluice warm, reset=true {run.seconds:.2f} s")
+                run = await sluice_sync(client, settings, worker, server, reset=False)
+                cached.runs.append(run)
+                _say(f"round {number}: Sluice warm, reset=false {run.seconds:.2f} s")
                 if pyab_error is None:
                     try:
-                        run = pyairbyte_read(pyab_python, faker, config, workdir)
+                        read, whole = pyairbyte_read(
+                            pyab_python, faker, config, workdir, server_pid
+                        )
                     except RuntimeError as exc:
                         pyab_error = str(exc)
                     else:
-                        pyab.runs.append(run)
-                        pyab_wall.runs.append(
-                            Run(run.extra["wall"], run.records, run.peak_mib, run.extra)
-                        )
+                        pyab.runs.append(read)
+                        pyab_wall.runs.append(whole)
                         _say(
-                            f"round {number}: PyAirbyte read {run.seconds:.2f} s "
-                            f"(subprocess {run.extra['wall']:.2f} s)"
+                            f"round {number}: PyAirbyte read {read.seconds:.2f} s "
+                            f"(subprocess {whole.seconds:.2f} s)"
                         )
+            worker_hwm_mib = _memory_kib(worker.pid)[1] / 1024
             counts, problems = check_destination(warehouse, expected)
             destination_check = {"counts": counts, "problems": problems}
         finally:
             worker.stop()
 
         ratio = warm.seconds / bare.seconds
-        profile_text = ""
         if args.profile == "always" or (args.profile == "auto" and ratio > TARGET_SLUICE_OVER_BARE):
-            _say("profiling the worker side: one more (untimed) Sluice run under cProfile")
+            _say("profiling the worker side: one more Sluice run (reset=true) under cProfile")
             profiled = WorkerProcess(settings, workdir, profile_dir)
             try:
                 await profiled.wait_polling(client)
-                run = await sluice_sync(client, settings, profiled)
+                run = await sluice_sync(client, settings, profiled, server, reset=True)
                 _say(f"profiled Sluice run: {run.seconds:.2f} s (cProfile overhead included)")
             finally:
                 profiled.stop()
@@ -771,96 +914,139 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
                 ("event-loop.prof", "worker event loop (Temporal SDK)"),
             ):
                 if (profile_dir / name).exists():
-                    profile_text += print_profile(profile_dir / name, title, args.profile_top)
+                    profile_text += format_profile(profile_dir / name, title, args.profile_top)
             if args.profile_out:
                 args.profile_out.mkdir(parents=True, exist_ok=True)
                 for prof in profile_dir.glob("*.prof"):
                     shutil.copy(prof, args.profile_out / prof.name)
 
-    # -- report -------------------------------------------------------------------------
-    rows = [bare, cold, warm, pyab, pyab_wall]
+    rows = [bare, cold, warm, cached, pyab, pyab_wall]
+    notes = {
+        "worker idle RSS MiB": idle_mib,
+        "worker peak RSS MiB (VmHWM)": worker_hwm_mib,
+        "batch_records": settings.batch_records,
+    }
+    problems = report(rows, expected, discover_seconds, destination_check, pyab_error, notes)
+    if profile_text:
+        print(profile_text)
+    save(rows, expected, discover_seconds, destination_check, pyab_error, notes)
+    return 1 if problems else 0
+
+
+def report(
+    rows: list[Measured],
+    expected: Counter[str],
+    discover_seconds: float,
+    destination_check: dict[str, Any],
+    pyab_error: str | None,
+    notes: dict[str, Any],
+) -> list[str]:
+    bare, cold, warm, cached, pyab, pyab_wall = rows
     print()
     print(
-        f"source-faker {json.dumps(FAKER_CONFIG)}, streams {', '.join(STREAMS)} "
-        f"(full_refresh); {os.cpu_count()} CPUs"
+        f"source-faker {json.dumps(FAKER_CONFIG)}; streams {', '.join(STREAMS)} "
+        f"(full_refresh); Sluice batch_records={notes['batch_records']}; {os.cpu_count()} CPUs; "
+        f"load average now {_loadavg()}"
     )
-    print(f"bare `discover` alone (untimed setup step): {discover_seconds:.2f} s")
+    print(
+        f"bare `discover` alone (untimed setup step): {discover_seconds:.2f} s; the bare read "
+        f"runs {bare.runs[0].extra['processes']} processes (source-faker forks); the Sluice "
+        f"worker process alone: {notes['worker idle RSS MiB']:.0f} MiB RSS idle, "
+        f"{notes['worker peak RSS MiB (VmHWM)']:.0f} MiB peak (VmHWM, over all its runs)"
+    )
     print()
     print(_table(rows))
+    timed = [r for m in rows[:4] + rows[5:] for r in m.runs]
+    busy = sum(r.other_cpu for r in timed) / sum(r.seconds * (os.cpu_count() or 1) for r in timed)
+    if busy > 0.1:
+        print(
+            f"WARNING: other processes kept {busy:.0%} of the machine's CPU busy during the "
+            'measurements (see "others\' CPU s"): the times are inflated; rerun when it is idle'
+        )
     print()
     print("Ratios (medians):")
+    ratio = warm.seconds / bare.seconds
     mark = "ok" if ratio <= TARGET_SLUICE_OVER_BARE else "MISSED"
     print(
-        f"  Sluice warm / bare read      = {ratio:.2f}  (target <= {TARGET_SLUICE_OVER_BARE}) "
-        f"{mark}"
+        f"  Sluice warm (reset=true) / bare read   = {ratio:.2f}  "
+        f"(target <= {TARGET_SLUICE_OVER_BARE}) {mark}"
     )
-    print(f"  Sluice cold / bare read      = {cold.seconds / bare.seconds:.2f}")
+    print(f"  Sluice cold (reset=true) / bare read   = {cold.seconds / bare.seconds:.2f}")
+    print(f"  Sluice warm (reset=false) / bare read  = {cached.seconds / bare.seconds:.2f}")
     if pyab.runs:
         pyratio = pyab.seconds / warm.seconds
         mark = "ok" if pyratio > TARGET_PYAIRBYTE_OVER_SLUICE else "MISSED"
         print(
-            f"  PyAirbyte read / Sluice warm = {pyratio:.2f}  "
+            f"  PyAirbyte read() / Sluice warm         = {pyratio:.2f}  "
             f"(target > {TARGET_PYAIRBYTE_OVER_SLUICE:g}) {mark}"
         )
-        print(f"  PyAirbyte wall / Sluice warm = {pyab_wall.seconds / warm.seconds:.2f}")
+        print(f"  PyAirbyte subprocess / Sluice warm     = {pyab_wall.seconds / warm.seconds:.2f}")
     if pyab_error:
         print(f"  PyAirbyte: not measured: {pyab_error}")
     print()
-    print("Sluice activity breakdown, seconds (workflow history; scheduled -> completed):")
-    sluice_runs = [("cold", cold.runs[0])] + [(f"warm{i}", r) for i, r in enumerate(warm.runs, 1)]
-    names = list(dict.fromkeys(n for _, r in sluice_runs for n in r.extra["phases"]))
-    width = max(len(n) for n in names)
-    print("  " + " " * width + "".join(f"{label:>8}" for label, _ in sluice_runs))
-    for name in names:
-        values = "".join(f"{r.extra['phases'].get(name, 0.0):8.2f}" for _, r in sluice_runs)
-        print(f"  {name:<{width}}{values}")
+    print("Sluice runs, seconds per activity (workflow history: scheduled -> completed):")
+    runs = [("cold", cold.runs[0])]
+    runs += [(f"warm{i}", r) for i, r in enumerate(warm.runs, 1)]
+    runs += [(f"noreset{i}", r) for i, r in enumerate(cached.runs, 1)]
+    table: dict[str, list[str]] = {}
+    for name in dict.fromkeys(n for _, r in runs for n in r.extra["phases"]):
+        table[name] = [f"{r.extra['phases'].get(name, 0.0):.2f}" for _, r in runs]
+    verbs = dict.fromkeys(v for _, r in runs for v in r.extra["connector_seconds"])
+    for verb in verbs:
+        table[f"connector `{verb}` process alive"] = [
+            f"{r.extra['connector_seconds'].get(verb, 0.0):.2f}" for _, r in runs
+        ]
+    table["wall - connector processes alive"] = [
+        f"{r.seconds - sum(r.extra['connector_seconds'].values()):.2f}" for _, r in runs
+    ]
+    table["processes (connector + its forks)"] = [
+        str(r.extra["connector_processes"]) for _, r in runs
+    ]
+    width = max(len(n) for n in table)
+    print("  " + " " * width + "".join(f"{label:>9}" for label, _ in runs))
+    for name, values in table.items():
+        print(f"  {name:<{width}}" + "".join(f"{v:>9}" for v in values))
     print()
     counts = destination_check.get("counts", {})
-    problems = destination_check.get("problems", ["destination not checked"])
-    print(
-        f"Counts: bare read emitted {dict(expected)}; Sluice DuckDB tables hold {counts}"
-        + ("" if not pyab.runs else f"; PyAirbyte cache holds {pyab.runs[0].extra['records']}")
-    )
-    if problems:
-        print("  MISMATCH: " + "; ".join(problems))
-    else:
-        print("  ok: the Sluice tables hold exactly the records the bare read emitted")
-    if pyab.runs and pyab.runs[0].extra["records"] != dict(expected):
-        print("  MISMATCH: PyAirbyte's cache does not hold what the bare read emitted")
-    if profile_text:
-        print(profile_text)
+    problems = list(destination_check.get("problems", ["destination not checked"]))
+    print(f"Counts: the bare read emitted {dict(expected)}")
+    print(f"        Sluice's DuckDB tables hold {counts}")
+    if pyab.runs:
+        print(f"        PyAirbyte's cache holds {pyab.runs[0].extra['records']}")
+        if pyab.runs[0].extra["records"] != dict(expected):
+            problems.append("PyAirbyte's cache does not hold what the bare read emitted")
+    print("  MISMATCH: " + "; ".join(problems) if problems else "  ok: same records everywhere")
+    return problems
 
+
+def save(
+    rows: list[Measured],
+    expected: Counter[str],
+    discover_seconds: float,
+    destination_check: dict[str, Any],
+    pyab_error: str | None,
+    notes: dict[str, Any],
+) -> None:
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = results_dir / f"sync-{stamp}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "config": FAKER_CONFIG,
-                "discover_seconds": discover_seconds,
-                "expected": dict(expected),
-                "measurements": {m.label: [asdict(r) for r in m.runs] for m in rows},
-                "ratios": {
-                    "sluice_warm_over_bare": ratio,
-                    "sluice_cold_over_bare": cold.seconds / bare.seconds,
-                    "pyairbyte_over_sluice_warm": pyab.seconds / warm.seconds
-                    if pyab.runs
-                    else None,
-                },
-                "destination_check": destination_check,
-                "pyairbyte_error": pyab_error,
-            },
-            indent=2,
-            default=str,
-        )
-    )
+    path = results_dir / f"sync-{datetime.now():%Y%m%d-%H%M%S}.json"
+    medians = {m.label: m.seconds for m in rows if m.runs}
+    document = {
+        "config": FAKER_CONFIG,
+        "discover_seconds": discover_seconds,
+        "expected": dict(expected),
+        "medians": medians,
+        "measurements": {m.label: [asdict(r) for r in m.runs] for m in rows},
+        "destination_check": destination_check,
+        "pyairbyte_error": pyab_error,
+        "notes": notes,
+    }
+    path.write_text(json.dumps(document, indent=2, default=str))
     print(f"results written to {path.relative_to(REPO)}")
-    return 1 if problems else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--faker", help="the source-faker executable (bench/run finds one)")
     parser.add_argument("--pyairbyte-python", help="python of the PyAirbyte virtual env")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
