@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 
+import purge.scrub as scrub_module
 from purge.scrub import (
+    MIN_BASE64_LENGTH,
     MIN_FREE_TEXT_LENGTH,
     LogScrubber,
     RedactionKind,
+    spec_secret_values,
     state_leaf_values,
 )
 
@@ -242,12 +249,10 @@ def test_state_leaf_values_stream_global_legacy_and_bare() -> None:
     values = state_leaf_values(states)
     assert values == {
         "2024-01-01",
-        "7",
-        "7.0",
+        "7",  # not "7.0": it would pass for a long value
         "123456",
         "123456.0",
         "1.5",
-        "2.0",
         "2",
         "legacy-cursor",
     }
@@ -299,23 +304,366 @@ def test_counts_by_kind() -> None:
     assert s.counts["cursor"] == 3
 
 
-def test_scrub_stream_is_lazy() -> None:
+def test_scrub_stream_reads_ahead_a_bounded_batch() -> None:
     s = scrubber(cursor_values=("cursorvalue",))
     pulled: list[int] = []
+    total = 50_000
 
     def source() -> Iterator[str]:
-        for index in range(3):
+        for index in range(total):
             pulled.append(index)
-            yield f"line {index} cursorvalue\n"
-        raise AssertionError("the scrubber read past what was asked of it")
+            yield f"line {index} cursorvalue\n" if index % 3 == 0 else f"line {index}\n"
 
     stream = s.scrub_stream(source())
     assert pulled == []
     assert next(stream) == f"line 0 {CURSOR}\n"
-    assert pulled == [0]
-    assert next(stream) == f"line 1 {CURSOR}\n"
-    assert pulled == [0, 1]
-    assert s.counts["cursor"] == 2
+    assert 0 < len(pulled) <= 10_000  # a batch, not the whole log
+    assert next(stream) == "line 1\n"
+    rest = list(stream)
+    assert len(rest) == total - 2
+    assert rest[-1] == f"line {total - 1}\n"
+    assert s.counts["cursor"] == len(range(0, total, 3))
+
+
+# --- every form a value takes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rendering",
+    [
+        "2024-05-01T08:20:30+00:00",
+        "2024-05-01T08:20:30Z",
+        "2024-05-01 08:20:30",
+        "2024-05-01 08:20:30+0000",
+        "2024-05-01T08:20:30.000Z",
+        "2024-05-01T08:20:30.000000+00:00",
+        "2024-05-01 08:20:30.0",
+        "2024-05-01T10:20:30+02:00",
+        "2024-05-01 10:20:30+0200",
+        "1714551630",
+        "1714551630000",
+        "1714551630.0",
+        "2024-05-01T08%3A20%3A30Z",
+        "2024-05-01+08%3A20%3A30",
+        "2024-05-01T08%3a20%3a30%2b00%3a00",
+    ],
+)
+def test_timestamp_cursor_in_its_other_renderings(rendering: str) -> None:
+    s = scrubber(cursor_values=("2024-05-01T10:20:30+02:00",))
+    assert s.scrub_line(f"since {rendering} page 2\n") == f"since {CURSOR} page 2\n"
+
+
+def test_timestamp_with_fraction_and_naive_timestamp() -> None:
+    s = scrubber(cursor_values=("2024-05-01T08:20:30.250", "2024-05-02T00:00:00.123456Z"))
+    for rendering in (
+        "2024-05-01T08:20:30.250Z",
+        "2024-05-01 08:20:30.25",
+        "2024-05-01T08:20:30.250000+00:00",
+        "1714551630250",
+        "1714551630.25",
+        "2024-05-02 00:00:00.123456+00:00",
+        "1714608000123456",
+    ):
+        assert s.scrub_line(f"x {rendering} y") == f"x {CURSOR} y", rendering
+
+
+@pytest.mark.parametrize(
+    ("value", "rendering"),
+    [
+        ("12345", "12345.0"),
+        ("12345.0", "12345"),
+        ("1234.5600", "1234.56"),
+        ("0.00001", "1e-05"),
+        ("10000000000000000", "1e+16"),
+    ],
+)
+def test_number_cursor_in_its_other_renderings(value: str, rendering: str) -> None:
+    s = scrubber(cursor_values=(value,))
+    assert s.scrub_line(f'a {rendering} b "{value}" c') == f'a {CURSOR} b "{CURSOR}" c'
+
+
+def test_url_encoded_forms() -> None:
+    value = "o'neil & sons/ü ~x"
+    s = scrubber(cursor_values=(value,))
+    forms = [
+        quote(value, safe=""),
+        quote(value),
+        quote_plus(value),
+        quote(value, safe="").lower(),
+        quote_plus(value, safe="*").replace("~", "%7E"),
+    ]
+    for form in forms:
+        assert s.scrub_line(f"GET /items?name={form}&page=2") == f"GET /items?name={CURSOR}&page=2"
+
+
+@pytest.mark.parametrize("prefix", [b"", b"u", b"us", b"user:", b'{"cursor":"'])
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode])
+def test_base64_forms_in_every_alignment(prefix: bytes, encode: Any) -> None:
+    secret = "s3cr3t/p?ssw>rd~~"  # has bytes that differ between the two alphabets
+    s = scrubber(secrets=(secret,))
+    token = encode(prefix + secret.encode() + b'"}').decode()
+    out = s.scrub_line(f"Authorization: Basic {token}\n")
+    # The characters that encode the secret's bits alone are gone; those before stay.
+    first = -(-8 * len(prefix) // 6)
+    last = 8 * (len(prefix) + len(secret)) // 6
+    assert out.startswith(f"Authorization: Basic {token[:first]}{SECRET}")
+    assert token[first:last] not in out
+    assert s.counts["secret"] == 1
+
+
+def test_base64_needs_the_documented_minimum_length() -> None:
+    short = "ab" * (MIN_BASE64_LENGTH // 2)
+    shorter = short[:-1]
+    s = scrubber(secrets=(short, shorter))
+    for value, found in ((short, True), (shorter, False)):
+        token = base64.b64encode(b"x" + value.encode() + b"x").decode()
+        assert (SECRET in s.scrub_line(token)) is found, value
+
+
+def test_json_escaped_twice_and_slash_escaped() -> None:
+    value = 'a/b "c" d'
+    s = scrubber(cursor_values=(value,))
+    inner = json.dumps({"cursor": value})
+    twice = json.dumps({"message": f"emitting {inner}"})
+    assert value not in json.loads(json.loads(s.scrub_line(twice))["message"][9:])["cursor"]
+    assert s.scrub_line(json.dumps(value).replace("/", "\\/")) == f'"{CURSOR}"'
+
+
+def test_multiline_cursor_value_is_found_line_by_line_and_escaped() -> None:
+    value = "first line of it\nsecond line of it"
+    s = scrubber(cursor_values=(value,))
+    text = f"a {value} b\n" + json.dumps({"m": value}) + "\n"
+    out = s.scrub_text(text)
+    assert "line of it" not in out
+    assert out.count("\n") == text.count("\n")
+
+
+def test_numbers_are_whole_numbers_and_json_stays_json() -> None:
+    s = scrubber(cursor_values=("2024-05-01T08:20:30Z", "123456"))
+    # Epoch seconds of the cursor inside the milliseconds of another instant: not the cursor.
+    trace = '{"type":"TRACE","trace":{"emitted_at":1714551630897.5,"n":1123456}}'
+    assert s.scrub_line(trace) == trace
+    line = '{"a": 123456, "b": [1, 1714551630], "m": "took 123456 ms, ok", "c": 123456.0}'
+    assert json.loads(s.scrub_line(line)) == {
+        "a": CURSOR,
+        "b": [1, CURSOR],
+        "m": f"took {CURSOR} ms, ok",
+        "c": CURSOR,
+    }
+    assert s.scrub_line("plain 123456, 1714551630") == f"plain {CURSOR}, {CURSOR}"
+
+
+def test_short_numbers_do_not_pass_for_long_ones() -> None:
+    assert state_leaf_values({"offset": 20, "whole": 20.0, "big": 12345}) == {
+        "20",
+        "12345",
+        "12345.0",
+    }
+    s = scrubber(cursor_values=("20", "20.0", "0042", "1.50"))
+    line = "Read 20.0 MB in 42.0 s, 1.5 s, code 0042\n"
+    assert s.scrub_line(line) == f"Read 20.0 MB in 42.0 s, 1.5 s, code {CURSOR}\n"
+
+
+def test_large_value_sets_use_the_nfa_and_find_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = tuple(f"cursor-{index:05d}" for index in range(200))
+    text = "".join(f"line {index} cursor-{index:05d} end\n" for index in range(0, 400, 3))
+    expected = scrubber(cursor_values=values).scrub_text(text)
+    monkeypatch.setattr(scrub_module, "_DFA_MAX_PATTERN_BYTES", 0)
+    assert scrubber(cursor_values=values).scrub_text(text) == expected
+    assert expected.count(CURSOR) == len(range(0, 200, 3))
+
+
+# --- blocks and streams ------------------------------------------------------------------------
+
+MIXED_LINES = [
+    "2024-05-01 INFO nothing here\n",
+    "a 2024-01-01T00:00:00Z b\r\n",
+    '{"type":"LOG","log":{"level":"INFO","message":"Setting state of s stream to {\'c\': 6}"}}\n',
+    "żółć ✓ unicode before the value hunter2hunter2 and after ✓\n",
+    "updated_at=6 and last_updated_at=7\n",
+    "\n",
+    "",
+    "tab\tseparated\tcolumns 2024-01-01 00:00:00+00:00\n",
+    "Raw state message: {'a': 1}\n",
+    "no newline at the end hunter2hunter2",
+]
+
+
+def _mixed_scrubber() -> LogScrubber:
+    return scrubber(
+        cursor_values=("2024-01-01T00:00:00Z",),
+        secrets=("hunter2hunter2",),
+        cursor_fields=("updated_at",),
+    )
+
+
+def test_scrub_text_chunks_and_stream_agree_with_scrub_line() -> None:
+    by_line = _mixed_scrubber()
+    expected = [by_line.scrub_line(line) for line in MIXED_LINES]
+    assert expected[0] == MIXED_LINES[0]
+    assert "hunter2" not in "".join(expected)
+
+    block = _mixed_scrubber()
+    assert block.scrub_text("".join(MIXED_LINES)) == "".join(expected)
+    assert block.counts == by_line.counts
+
+    stream = _mixed_scrubber()
+    assert list(stream.scrub_stream(MIXED_LINES)) == expected
+    assert stream.counts == by_line.counts
+
+    text = "".join(MIXED_LINES) * 50
+    for size in (1, 7, 64, 1 << 20):
+        chunked = _mixed_scrubber()
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        assert "".join(chunked.scrub_chunks(pieces)) == "".join(expected) * 50
+        assert chunked.counts == {kind: count * 50 for kind, count in by_line.counts.items()}
+
+
+def test_scrub_chunks_handles_blocks_and_long_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scrub_module, "_BLOCK_CHARS", 100)
+    s = scrubber(cursor_values=("needle-value",))
+    text = ("x" * 250 + " needle-value\n") + "short needle-value\n" * 20 + "tail needle-value"
+    out = "".join(s.scrub_chunks(text[i : i + 30] for i in range(0, len(text), 30)))
+    assert out == text.replace("needle-value", CURSOR)
+
+
+def test_scrub_text_returns_the_block_itself_when_nothing_is_found() -> None:
+    s = _mixed_scrubber()
+    text = "nothing sensitive\n" * 1000
+    assert s.scrub_text(text) is text
+    assert s.scrub_text("") == ""
+
+
+def test_lone_surrogates_pass_through() -> None:
+    s = scrubber(cursor_values=("cursor-value",))
+    line = "bad \udcff byte cursor-value \ud800\n"
+    assert s.scrub_text(line) == f"bad \udcff byte {CURSOR} \ud800\n"
+    assert s.scrub_line(line) == f"bad \udcff byte {CURSOR} \ud800\n"
+
+
+# --- more structural patterns ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            'Raw state message: {"type":"STREAM","stream":{"stream_state":{"c":6}}} (hash 12)',
+            f"Raw state message: {STATE} (hash 12)",
+        ),
+        ("Raw state message - seed=3, c=6", f"Raw state message {STATE}"),
+        (
+            json.dumps({"message": 'Raw state message: {"c": 6} end'}),
+            json.dumps({"message": f"Raw state message: {STATE} end"}),
+        ),
+        (
+            json.dumps({"message": "Raw state message: c=6", "level": "WARN"}),
+            json.dumps({"message": f"Raw state message: {STATE}", "level": "WARN"}),
+        ),
+        (
+            "emit AirbyteStateMessage@5f1c[type=STREAM,stream=S[streamState={c=6}]] done",
+            f"emit AirbyteStateMessage@5f1c{STATE} done",
+        ),
+        (
+            "AirbyteStateMessage(type=GLOBAL, global=G(sharedState={lsn=6}))",
+            f"AirbyteStateMessage{STATE}",
+        ),
+        (
+            '{"stateType":"legacy","connectionId":"c1","state":{"c":6}}',
+            f'{{"stateType":"legacy","connectionId":"c1","state":"{STATE}"}}',
+        ),
+        ('{"type":"LOG","state":{"c":6}}', '{"type":"LOG","state":{"c":6}}'),
+    ],
+)
+def test_more_printed_state(line: str, expected: str) -> None:
+    assert scrubber().scrub_line(line) == expected
+
+
+def test_java_state_report_pairs() -> None:
+    s = scrubber(cursor_fields=("updated_at", "id"))
+    line = (
+        "State report for stream public_users - original: updated_at = 2024-01-01 10:00:00.0 "
+        "(count 1) -> latest: id = 6 (count 2)"
+    )
+    assert s.scrub_line(line) == (
+        f"State report for stream public_users - original: updated_at = {CURSOR} "
+        f"(count 1) -> latest: id = {CURSOR} (count 2)"
+    )
+
+
+# --- secrets from the spec ---------------------------------------------------------------------
+
+SPEC = {
+    "connectionSpecification": {
+        "type": "object",
+        "definitions": {"key": {"type": "string", "airbyte_secret": True}},
+        "properties": {
+            "host": {"type": "string"},
+            "port": {"type": "integer"},
+            "pin": {"type": "integer", "airbyte_secret": True},
+            "credentials": {
+                "oneOf": [
+                    {
+                        "properties": {
+                            "auth_type": {"const": "oauth"},
+                            "client_id": {"type": "string"},
+                            "refresher": {"type": "string", "airbyte_secret": True},
+                        }
+                    },
+                    {
+                        "properties": {
+                            "auth_type": {"const": "key"},
+                            "signing": {"$ref": "#/definitions/key"},
+                        }
+                    },
+                ]
+            },
+            "tunnels": {
+                "type": "array",
+                "items": {"properties": {"ssh": {"type": "string", "airbyte_secret": True}}},
+            },
+        },
+    }
+}
+
+
+def test_spec_secret_values_walks_the_spec_and_the_key_names() -> None:
+    config = {
+        "host": "db.example.com",
+        "port": 5432,
+        "pin": 482910,
+        "credentials": {"auth_type": "oauth", "client_id": "cid-1", "refresher": "r-secret"},
+        "tunnels": [{"ssh": "ssh-key-1"}, {"ssh": "ssh-key-2"}],
+        "nested": {"Api_Key": "k-123", "max_tokens": 1000, "PASSWORD": "", "misc": "x"},
+        "access_token": "tok-9",
+    }
+    assert spec_secret_values(SPEC, config) == [
+        "482910",
+        "r-secret",
+        "ssh-key-1",
+        "ssh-key-2",
+        "k-123",
+        "tok-9",
+    ]
+
+
+def test_spec_secret_values_ref_spec_message_and_json_credentials() -> None:
+    key = (
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+    )
+    service_account = json.dumps({"type": "service_account", "private_key": key, "project": "p"})
+    config = {
+        "credentials": {"auth_type": "key", "signing": "sig-secret"},
+        "credentials_json": service_account,
+    }
+    message = {"type": "SPEC", "spec": SPEC}
+    assert spec_secret_values(message, config) == ["sig-secret", service_account, key]
+    assert spec_secret_values({}, {"host": "h"}) == []
+
+    s = scrubber(secrets=tuple(spec_secret_values(message, config)))
+    out = s.scrub_text(f"loaded {key}" + json.dumps({"credentials_json": service_account}))
+    assert "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" not in out
+    assert "sig-secret" not in s.scrub_line("auth sig-secret")
 
 
 # --- the real connector's output ---------------------------------------------------------------
@@ -356,3 +704,47 @@ def test_faker_corpus_leaves_no_cursor_value() -> None:
             assert message["state"]["stream"]["stream_descriptor"]["name"] in before
         elif "Setting state" not in before:
             assert after == before
+
+
+def test_faker_always_updated_corpus_three_runs() -> None:
+    """Three incremental runs of the real connector: the cursor moves on every run."""
+    states = json.loads((DATA / "faker_always_updated_states.json").read_text())
+    cursors = {state["stream"]["stream_state"]["updated_at"] for state in states}
+    assert len(cursors) == 3
+    values = state_leaf_values(states)
+    assert cursors <= values
+    long_values = {v for v in values if len(v) >= MIN_FREE_TEXT_LENGTH}
+    with (DATA / "faker_always_updated.log").open(encoding="utf-8", newline="") as log:
+        original = log.readlines()
+    raw = "".join(original)
+    assert all(cursor in raw for cursor in cursors)
+
+    s = scrubber(cursor_values=tuple(values), cursor_fields=("updated_at",))
+    scrubbed = list(s.scrub_stream(original))
+    text = "".join(scrubbed)
+    block = scrubber(cursor_values=tuple(values), cursor_fields=("updated_at",))
+    assert block.scrub_text(raw) == text
+    assert block.counts == s.counts
+    for value in long_values:
+        assert value not in text, value
+    for cursor in cursors:  # nor in the other renderings of the same instant
+        moment = datetime.fromisoformat(cursor)
+        for rendering in (cursor.replace("+00:00", "Z"), cursor.replace("T", " ")):
+            assert rendering not in text
+        assert f":{int(moment.timestamp())}," not in text
+
+    blobs = 0
+    for before, after in zip(original, scrubbed, strict=True):
+        message = json.loads(after)  # still a valid Airbyte message
+        if message["type"] == "STATE":
+            blobs += 1
+            assert message["state"]["stream"]["stream_state"] == STATE
+            assert message["state"]["stream"]["stream_descriptor"]["name"] in before
+        elif "Setting state of" in before and not before.endswith('to {}"}}\n'):
+            blobs += 1
+            assert message["log"]["message"] == f"Setting state of SourceFaker stream to {STATE}"
+        else:
+            # TRACE lines emitted in the cursor's own second keep their epoch milliseconds.
+            assert after == before
+    assert blobs > len(states) // 2
+    assert s.counts == {"cursor": 0, "secret": 0, "state": blobs}
