@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
+import json
 import os
 import sys
 import uuid
@@ -22,6 +24,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from purge.purge import purge_prefix
+from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
 from purge.stores import UnsupportedStoreError, open_store
 from purge.targets import TargetRefusedError, parse_target
 from workers.airbyte.connector import ConnectorError, ConnectorInstaller
@@ -38,7 +41,7 @@ from workflows.models import SyncRequest, SyncSummary
 from workflows.sync import SyncConnectionWorkflow
 
 EXAMPLE_CONNECTION = "faker"
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages stay whole lines, for logs and grep
 out = Console()
 
 
@@ -254,6 +257,52 @@ async def cmd_schedules(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except OSError as exc:
+        raise ScrubInputError(f"{what} {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ScrubInputError(f"{what} {path}: not JSON: {exc}") from None
+
+
+class ScrubInputError(ValueError):
+    """A file given to `sluice scrub` is missing or not what it should be."""
+
+
+def cmd_scrub(_settings: Settings, args: argparse.Namespace) -> int:
+    state = _read_json(args.state, "--state")
+    config = _read_json(args.config, "--config") if args.config else {}
+    spec = _read_json(args.spec, "--spec") if args.spec else {}
+    if not isinstance(config, dict) or not isinstance(spec, dict):
+        raise ScrubInputError("--config and --spec must each hold a JSON object")
+    try:
+        cursor_values = state_leaf_values(state if isinstance(state, list) else [state])
+    except TypeError as exc:
+        raise ScrubInputError(f"--state {args.state}: {exc}") from None
+    scrubber = LogScrubber(
+        cursor_values=cursor_values,
+        secrets=spec_secret_values(spec, config),
+        cursor_fields=args.cursor_field or [],
+    )
+    with contextlib.ExitStack() as stack:
+        if args.file:
+            try:
+                stream = stack.enter_context(
+                    open(args.file, encoding="utf-8", errors="surrogateescape")
+                )
+            except OSError as exc:
+                raise ScrubInputError(f"{args.file}: {exc.strerror}") from None
+        else:
+            stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+        for piece in scrubber.scrub_chunks(iter(lambda: stream.read(1 << 20), "")):
+            sys.stdout.buffer.write(piece.encode("utf-8", "surrogateescape"))
+        sys.stdout.flush()
+    print(json.dumps({"redactions": scrubber.counts}), file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +325,24 @@ def _parser() -> argparse.ArgumentParser:
         "schedules", help="create or update the Temporal schedules (syncs, retention sweep)"
     )
     schedules.add_argument("action", choices=["apply"])
+    scrub = sub.add_parser(
+        "scrub", help="scrub a raw log (FILE or stdin) to stdout; redaction counts on stderr"
+    )
+    scrub.add_argument(
+        "--state",
+        required=True,
+        help="Airbyte state: a Config API ConnectionState, a list of AirbyteStateMessage, or a "
+        "state blob",
+    )
+    scrub.add_argument("--config", help="the connector config (its secrets are scrubbed)")
+    scrub.add_argument("--spec", help="the connector spec (fields marked airbyte_secret)")
+    scrub.add_argument(
+        "--cursor-field",
+        action="append",
+        help="a cursor field name (repeatable): its "
+        "key=value pairs are scrubbed whatever the value's length",
+    )
+    scrub.add_argument("file", nargs="?", help="the raw log; stdin when absent")
     demo = sub.add_parser(
         "demo", help="start what is missing, sync the example connection twice, show summaries"
     )
@@ -292,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_server(settings, args)
         if args.command == "purge":
             return cmd_purge(settings, args)
+        if args.command == "scrub":
+            return cmd_scrub(settings, args)
         command = {
             "worker": cmd_worker,
             "sync": cmd_sync,
@@ -306,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ConnectorError,
         TargetRefusedError,
         UnsupportedStoreError,
+        ScrubInputError,
     ) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

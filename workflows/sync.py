@@ -14,6 +14,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -168,6 +169,9 @@ class SyncConnectionWorkflow:
                 start_to_close_timeout=timedelta(hours=plan.job_timeout_hours),
                 heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
                 retry_policy=RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempts=3),
+                # A cancelled run ends once the sync stopped its connector and retained its
+                # scrubbed log, not before.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
         except ActivityError as err:
             scrub = _scrub_of_failure(err)

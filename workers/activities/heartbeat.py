@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,9 +17,15 @@ from temporalio import activity
 
 
 class Heartbeater:
-    def __init__(self, details: Any = None, interval: float | None = None) -> None:
+    def __init__(
+        self,
+        details: Any = None,
+        interval: float | None = None,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> None:
         self.details = details
         self._interval = interval
+        self._on_cancel = on_cancel
         self._stop = threading.Event()
 
     def update(self, details: Any) -> None:
@@ -28,6 +34,11 @@ class Heartbeater:
     def _beat(self, interval: float) -> None:
         while not self._stop.wait(interval):
             self.send()
+            # Cancellation reaches a synchronous activity through heartbeats: act on it here,
+            # since the work itself may be blocked (a connector that prints nothing).
+            if self._on_cancel is not None and activity.is_cancelled():
+                self._on_cancel()
+                self._on_cancel = None
 
     def send(self) -> None:
         if self.details is None:

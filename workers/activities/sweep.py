@@ -28,7 +28,7 @@ class SweepActivities:
         self.store = store
         self.log_store = log_store
 
-    @activity.defn(name=ActivityName.SWEEP_RETAINED_LOGS)
+    @activity.defn(name=ActivityName.SWEEP_RETAINED_LOGS, no_thread_cancel_exception=True)
     def sweep_retained_logs(self, request: SweepRequest) -> SweepOutcome:
         """Delete retained logs older than the retention period, run by run, with receipts."""
         days = request.log_retention_days or self.settings.log_retention_days
@@ -53,7 +53,7 @@ class SweepActivities:
         log.info("retained logs swept", runs=outcome.runs, objects=outcome.objects_deleted)
         return outcome
 
-    @activity.defn(name=ActivityName.SWEEP_FAILED_STAGING)
+    @activity.defn(name=ActivityName.SWEEP_FAILED_STAGING, no_thread_cancel_exception=True)
     def sweep_failed_staging(self, request: SweepRequest) -> SweepOutcome:
         """Purge the staging that failed runs kept for replay, once it outlived its TTL."""
         days = request.failed_staging_ttl_days or self.settings.failed_staging_ttl_days

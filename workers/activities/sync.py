@@ -12,11 +12,11 @@ from typing import Any
 
 import structlog
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 
 from purge.purge import purge_prefix
 from purge.receipts import PurgeReceipt
-from purge.scrub import LogScrubber, state_leaf_values
+from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
 from purge.stores import open_store
 from purge.targets import TargetRefusedError, parse_target
 from workers.activities.heartbeat import Heartbeater, resume_details
@@ -144,7 +144,9 @@ class SyncActivities:
             **timing,
         )
 
-    @activity.defn(name=ActivityName.RUN_SYNC)
+    # Cancellation is cooperative (the heartbeat thread stops the connector), never an exception
+    # thrown into the middle of a commit or of the cleanup that removes raw data.
+    @activity.defn(name=ActivityName.RUN_SYNC, no_thread_cancel_exception=True)
     def run_sync(self, request: RunSyncInput) -> SyncOutcome:
         """Sync, then scrub the attempt's raw log and retain it, on failure too."""
         plan = request.plan
@@ -155,9 +157,14 @@ class SyncActivities:
         config = self._source_config(connection)
         previous = resume_details()
         resume = SyncProgress.model_validate(previous) if previous else None
-        attempt = (resume.attempt + 1) if resume else 1
-        heartbeater = Heartbeater(resume)
+        attempt = activity.info().attempt
         sync: LocalSync | None = None
+
+        def stop_connector() -> None:
+            if sync is not None:
+                sync.connector.terminate()
+
+        heartbeater = Heartbeater(resume, on_cancel=stop_connector)
         failure: ApplicationError | None = None
         outcome: SyncOutcome | None = None
         with RunLog() as run_log, heartbeater.running():
@@ -178,7 +185,9 @@ class SyncActivities:
                 )
                 declared = [s.name for s in connection.streams]
                 only = None if plan.streams == declared else plan.streams
-                outcome = sync.run(run_log=run_log, reset=request.reset, only=only, resume=resume)
+                outcome = sync.run(
+                    run_log=run_log, attempt=attempt, reset=request.reset, only=only, resume=resume
+                )
             except ConnectorNotFoundError as exc:
                 failure = _fail("ConnectorNotFound", f"connection {connection.id!r}: {exc}")
             except SyncConfigError as exc:
@@ -195,6 +204,8 @@ class SyncActivities:
                     lines=run_log.read(),
                     scrubber=scrubber,
                 )
+        if activity.is_cancelled():
+            raise CancelledError("sync cancelled; its log was scrubbed and retained")
         if failure is not None:
             # The message goes into Temporal's history: scrubbed like the log.
             raise ApplicationError(
@@ -217,9 +228,12 @@ class SyncActivities:
             ) as destination:
                 states.extend(destination.committed_state())
         cursor_fields = {f for s in connection.streams for f in s.cursor_field}
+        secrets = secret_values(connection, config)
+        if sync is not None and sync.spec is not None:
+            secrets += spec_secret_values(sync.spec, config)
         return LogScrubber(
             cursor_values=state_leaf_values(states),
-            secrets=secret_values(connection, config),
+            secrets=secrets,
             cursor_fields=sorted(cursor_fields),
         )
 
@@ -251,7 +265,7 @@ class SyncActivities:
             stream_rows=rows,
         )
 
-    @activity.defn(name=ActivityName.PURGE_STAGING)
+    @activity.defn(name=ActivityName.PURGE_STAGING, no_thread_cancel_exception=True)
     def purge_staging(self, request: PurgeInput) -> PurgeReceipt:
         plan = request.plan
         receipt_id = f"purge-{plan.run_id}"

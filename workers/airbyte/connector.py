@@ -8,10 +8,12 @@ files in a private temporary directory that is removed when the command ends.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,10 +111,40 @@ class ConnectorInstaller:
                     )
 
 
+_PRIVATE_PREFIX = "sluice-connector-"
+
+
+def remove_orphaned_private_files() -> int:
+    """Remove the private files of connector runs whose worker died (SIGKILL, power loss)
+    before it could: they hold the connector's config (secrets) and state. Returns how many."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{_PRIVATE_PREFIX}*-*"):
+        pid_text = path.name.removeprefix(_PRIVATE_PREFIX).split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def _private_files(files: Mapping[str, Any]) -> Iterator[dict[str, Path]]:
-    """JSON files readable only by us, removed afterwards (config holds secrets, state values)."""
-    with tempfile.TemporaryDirectory(prefix="sluice-connector-") as tmp:
+    """JSON files readable only by us, removed afterwards (config holds secrets, state values).
+
+    The directory is named after our pid, so that a later run can remove it should this worker
+    be killed before it does."""
+    remove_orphaned_private_files()
+    with tempfile.TemporaryDirectory(prefix=f"{_PRIVATE_PREFIX}{os.getpid()}-") as tmp:
         os.chmod(tmp, 0o700)
         paths = {}
         for name, content in files.items():
@@ -129,6 +161,15 @@ class Connector:
 
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
+        self._running: subprocess.Popen[bytes] | None = None
+        self.terminated = False
+
+    def terminate(self) -> None:
+        """Stop the running command (the run was cancelled); its reader then sees the end."""
+        self.terminated = True
+        process = self._running
+        if process is not None and process.poll() is None:
+            process.terminate()
 
     def spec(self) -> dict[str, Any]:
         for message in self._run_collect(["spec"], {}):
@@ -175,12 +216,17 @@ class Connector:
                 args += [f"--{name}", str(path)]
             try:
                 process = subprocess.Popen(
-                    args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1 << 16
+                    args,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    bufsize=1 << 16,
+                    preexec_fn=_die_with_parent,
                 )
             except (FileNotFoundError, PermissionError) as exc:
                 raise ConnectorNotFoundError(
                     f"cannot run connector {self.argv[0]!r}: {exc}"
                 ) from None
+            self._running = process
             stderr_tail: list[str] = []
             reader = threading.Thread(
                 target=_drain_stderr, args=(process, stderr_tail, on_stderr), daemon=True
@@ -208,6 +254,21 @@ class Connector:
                 raise ConnectorError(
                     f"connector {Path(self.argv[0]).name} {verb[0]} exited with code {code}: {tail}"
                 )
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: be killed when the worker dies, even by SIGKILL, so that no
+    connector runs on (and holds data) with nobody reading it. Linux only; elsewhere a no-op."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+# Looked up once in the parent: nothing may be loaded between fork and exec.
+try:
+    _prctl = ctypes.CDLL(None).prctl
+except (OSError, AttributeError):
+    _prctl = None
 
 
 def _drain_stderr(

@@ -38,10 +38,16 @@ _HEARTBEAT_EVERY_SECONDS = 5.0
 
 
 class CatalogCache(Protocol):
-    def cached_catalog(self, connection_id: str, fingerprint: str) -> dict[str, Any] | None: ...
+    def cached_catalog(
+        self, connection_id: str, fingerprint: str
+    ) -> tuple[dict[str, Any], dict[str, Any] | None] | None: ...
 
     def cache_catalog(
-        self, connection_id: str, fingerprint: str, catalog: dict[str, Any]
+        self,
+        connection_id: str,
+        fingerprint: str,
+        catalog: dict[str, Any],
+        spec: dict[str, Any] | None,
     ) -> None: ...
 
 
@@ -192,6 +198,7 @@ class LocalSync:
         self._catalog_cache = catalog_cache
         self._duckdb_memory_limit = duckdb_memory_limit
         self.before_state: list[dict[str, Any]] = []
+        self.spec: dict[str, Any] | None = None
 
     def _catalog(self) -> dict[str, Any]:
         """The source's catalog: discovered on the first run and after a change of the source's
@@ -201,11 +208,15 @@ class LocalSync:
         if self._catalog_cache is not None:
             cached = self._catalog_cache.cached_catalog(self.connection.id, source.fingerprint)
             if cached is not None:
-                return cached
+                catalog, self.spec = cached
+                return catalog
         log.info("discovering streams", connection=self.connection.id)
+        self.spec = self.connector.spec()
         catalog = self.connector.discover(self.config)
         if self._catalog_cache is not None:
-            self._catalog_cache.cache_catalog(self.connection.id, source.fingerprint, catalog)
+            self._catalog_cache.cache_catalog(
+                self.connection.id, source.fingerprint, catalog, self.spec
+            )
         return catalog
 
     # -- planning ---------------------------------------------------------------------------
@@ -281,12 +292,13 @@ class LocalSync:
         self,
         *,
         run_log: RunLog,
+        attempt: int,
         reset: bool,
         only: list[str] | None,
         resume: SyncProgress | None,
     ) -> SyncOutcome:
         """One attempt. `before_state` holds the state it started from, once read."""
-        progress = SyncProgress(attempt=(resume.attempt + 1) if resume else 1)
+        progress = SyncProgress(attempt=attempt)
         try:
             with (
                 run_log.active(),

@@ -126,6 +126,7 @@ catalogs = Table(
     Column("connection_id", String(128), primary_key=True),
     Column("source_fingerprint", String(64), nullable=False),
     Column("catalog", JSON, nullable=False),
+    Column("spec", JSON),
     Column("discovered_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -233,24 +234,38 @@ class MetadataStore:
                 },
             )
 
-    def cached_catalog(self, connection_id: str, fingerprint: str) -> dict[str, Any] | None:
-        """The source's discovered catalog (stream and column names, types), if still valid."""
+    def cached_catalog(
+        self, connection_id: str, fingerprint: str
+    ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        """The source's discovered catalog (stream and column names, types) and its spec (the
+        config schema, which says which fields are secrets), if still valid."""
         with self.engine.connect() as db:
             row = db.execute(
-                select(catalogs.c.catalog).where(
+                select(catalogs.c.catalog, catalogs.c.spec).where(
                     catalogs.c.connection_id == connection_id,
                     catalogs.c.source_fingerprint == fingerprint,
                 )
             ).first()
-            return dict(row[0]) if row else None
+            return (dict(row[0]), dict(row[1]) if row[1] else None) if row else None
 
-    def cache_catalog(self, connection_id: str, fingerprint: str, catalog: dict[str, Any]) -> None:
+    def cache_catalog(
+        self,
+        connection_id: str,
+        fingerprint: str,
+        catalog: dict[str, Any],
+        spec: dict[str, Any] | None,
+    ) -> None:
         with self.engine.begin() as db:
             self._upsert(
                 db,
                 catalogs,
                 {"connection_id": connection_id},
-                {"source_fingerprint": fingerprint, "catalog": catalog, "discovered_at": _now()},
+                {
+                    "source_fingerprint": fingerprint,
+                    "catalog": catalog,
+                    "spec": spec,
+                    "discovered_at": _now(),
+                },
             )
 
     def retained_logs_before(self, cutoff: datetime) -> list[dict[str, Any]]:

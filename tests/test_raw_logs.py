@@ -1,0 +1,174 @@
+"""Raw logs never rest on disk: the phase is cancelled, or its worker killed, mid-sync, and no
+file anywhere holds the raw log; the connector does not outlive its worker; the private files
+that held its config are removed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+
+from tests.conftest import REPO, protocol_connector
+from tests.test_bad_input import items_connection
+from workers.cli import start_sync
+from workers.settings import Settings
+from workflows.models import SyncRequest
+
+pytestmark = pytest.mark.temporal
+
+
+def hanging_connector(tmp_path: Path, marker: str) -> Path:
+    """Prints a raw log line with `marker`, records its pid, then hangs silently, unless
+    tmp_path/release exists (the run after a kill), when it finishes."""
+    return protocol_connector(
+        tmp_path,
+        "source-hanging",
+        f"""
+        import os, time
+        emit({{"type": "LOG", "log": {{"level": "INFO", "message": "raw line {marker}"}}}})
+        print("stderr line {marker}", file=sys.stderr, flush=True)
+        if not os.path.exists({str(tmp_path / "release")!r}):
+            open({str(tmp_path / "connector.pid")!r}, "w").write(str(os.getpid()))
+            time.sleep(120)
+        record(1, "2024-01-01T00:00:00Z")
+        state("2024-01-01T00:00:00Z")
+        """,
+    )
+
+
+def files_holding(marker: str, roots: list[Path], since: float) -> list[Path]:
+    """Every regular file under the roots, changed since `since`, whose bytes hold `marker`."""
+    needle = marker.encode()
+    found: set[Path] = set()
+    for root in roots:
+        for path in _files(root):
+            try:
+                if path.stat().st_mtime >= since and needle in path.read_bytes():
+                    found.add(path)
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def _files(root: Path) -> Iterator[Path]:
+    for directory, _dirs, names in os.walk(root):
+        for name in names:
+            path = Path(directory) / name
+            if path.is_file() and not path.is_symlink():
+                yield path
+
+
+def orphaned_private_dirs() -> list[Path]:
+    return [
+        p
+        for p in Path(tempfile.gettempdir()).glob("sluice-connector-*-*")
+        if not _alive(int(p.name.split("-")[2]))
+    ]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its parent, does not count)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.1)
+
+
+async def test_cancelled_mid_sync_leaves_no_raw_log(
+    tmp_path: Path, make_settings: Callable[..., Settings], run_worker: Any, client: Client
+) -> None:
+    started = time.time() - 2  # file times are coarser than the clock
+    marker = f"RAW-{uuid.uuid4().hex}"
+    connector = hanging_connector(tmp_path, marker)
+    settings = make_settings(
+        items_connection(connector, tmp_path / "w"), heartbeat_timeout_seconds=3
+    )
+    await run_worker(settings)
+    handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
+    pid_file = tmp_path / "connector.pid"
+    await _until(pid_file.exists)
+    pid = int(pid_file.read_text())
+
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+
+    await _until(lambda: not _alive(pid), timeout=15)  # the connector was stopped
+    roots = [Path(tempfile.gettempdir()), tmp_path]
+    retained = list((settings.state_path / "logs").rglob("attempt-*.log"))
+    assert len(retained) == 1  # scrubbed and retained as the phase ended
+    assert "stderr line" in retained[0].read_text()
+    assert files_holding(marker, roots, started) == sorted([*retained, connector])
+    assert not list(Path(tempfile.gettempdir()).glob(f"sluice-connector-{os.getpid()}-*"))
+
+
+async def test_worker_killed_mid_sync_leaves_no_raw_log_and_no_connector(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    started = time.time() - 2  # file times are coarser than the clock
+    marker = f"RAW-{uuid.uuid4().hex}"
+    connector = hanging_connector(tmp_path, marker)
+    settings = make_settings(
+        items_connection(connector, tmp_path / "w"),
+        heartbeat_timeout_seconds=3,
+    )
+    worker = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "sluice"), "worker"],
+        env={
+            **os.environ,
+            "SLUICE_STATE_DIR": str(settings.state_path),
+            "SLUICE_CONNECTIONS_FILE": str(settings.connections_file),
+            "SLUICE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+            "SLUICE_TASK_QUEUE": settings.task_queue,
+            "SLUICE_HEARTBEAT_TIMEOUT_SECONDS": "3",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
+        pid_file = tmp_path / "connector.pid"
+        await _until(pid_file.exists)
+        pid = int(pid_file.read_text())
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+
+    await _until(lambda: not _alive(pid), timeout=15)  # died with its worker
+    roots = [Path(tempfile.gettempdir()), tmp_path]
+    assert files_holding(marker, roots, started) == [connector]
+    assert orphaned_private_dirs()  # the killed worker could not remove its config files
+
+    (tmp_path / "release").touch()
+    await run_worker(settings)  # takes the sync over after the heartbeat timeout
+    summary = await handle.result()
+
+    assert summary.records == {"items": 1}
+    assert orphaned_private_dirs() == []
+    retained = list((settings.state_path / "logs").rglob("attempt-*.log"))
+    assert [p.name for p in retained] == ["attempt-002.log"]  # the killed attempt's raw log died
+    assert files_holding(marker, roots, started) == sorted([*retained, connector])
