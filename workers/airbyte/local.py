@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
@@ -211,8 +212,11 @@ class LocalSync:
                 catalog, self.spec = cached
                 return catalog
         log.info("discovering streams", connection=self.connection.id)
-        self.spec = self.connector.spec()
-        catalog = self.connector.discover(self.config)
+        # Two connector start-ups; side by side they cost one.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            spec = pool.submit(self.connector.spec)
+            catalog = self.connector.discover(self.config)
+            self.spec = spec.result()
         if self._catalog_cache is not None:
             self._catalog_cache.cache_catalog(
                 self.connection.id, source.fingerprint, catalog, self.spec
