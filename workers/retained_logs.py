@@ -38,7 +38,7 @@ class LogRetention:
         count = 0
         with self.store.open_write(key) as raw:
             text = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
-            for piece in scrubber.scrub_stream(lines):
+            for piece in scrubber.scrub_chunks(lines):
                 text.write(piece)
                 count += piece.count("\n")
             text.flush()
