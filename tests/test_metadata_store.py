@@ -102,3 +102,14 @@ def test_connection_metadata_and_runs(store: MetadataStore) -> None:
     )
     run = store.get_run("run-1")
     assert run is not None and run["records_by_stream"] == {"users": 3} and run["incremental"]
+
+
+def test_a_store_from_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as db:
+        db.execute(text("CREATE TABLE runs (run_id VARCHAR(64) PRIMARY KEY, status VARCHAR(32))"))
+        db.execute(text("INSERT INTO runs VALUES ('old-run', 'succeeded')"))
+    store = MetadataStore.from_url(url)
+    run = store.get_run("old-run")
+    assert run is not None and run["status"] == "succeeded" and run["staging_target"] is None

@@ -27,7 +27,9 @@ from sqlalchemy import (
     create_engine,
     delete,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection as DBConnection
@@ -139,6 +141,21 @@ class MetadataStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a store was created are added to it (nullable: old rows have
+        no value), so an upgraded worker runs against the store an older one left."""
+        inspector = inspect(self.engine)
+        with self.engine.begin() as db:
+            for table in metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present:
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        db.execute(
+                            text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                        )
 
     @classmethod
     def from_url(cls, url: str) -> MetadataStore:
