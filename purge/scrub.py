@@ -659,6 +659,7 @@ _PAIR_VALUE_GROUPS = ("json_quoted", "double_quoted", "single_quoted", "untermin
 
 _LINE_TERMINATORS = ("\r\n", "\n", "\r")
 _DIGITS = frozenset("0123456789")
+_ZONELESS_SECONDS = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}$")
 _BRACKETS = {"{": "}", "[": "]", "(": ")"}
 
 
@@ -707,6 +708,14 @@ class LogScrubber:
         # are not a rendering of the instant inside the milliseconds ``1714551630897`` of another
         # one, and cutting a number in two would also break the JSON it sits in.
         self._numeric = [_NUMBER.fullmatch(spelling) is not None for spelling in kinds]
+        # Likewise a cursor timestamp rendered to the second without a zone is not that instant
+        # where a fraction continues it: ``07:47:03`` is not ``07:47:03.715``, the time stamp
+        # of a log line written in the same second (source-faker's cursor is "now"). Renderings
+        # with a fraction are registered on their own. Secrets are always taken.
+        self._digit_ended = [
+            kind is RedactionKind.CURSOR and _ZONELESS_SECONDS.search(spelling) is not None
+            for spelling, kind in kinds.items()
+        ]
         # Overlapping search on the lines that have something: every occurrence, see module doc.
         self._line_automaton = (
             ahocorasick_rs.BytesAhoCorasick(
@@ -881,9 +890,11 @@ class LogScrubber:
                     return len(data[:offset].decode("utf-8", "surrogatepass"))
 
                 matches = [(index, chars(start), chars(end)) for index, start, end in matches]
-            kinds, numeric = self._kinds, self._numeric
+            kinds, numeric, digit_ended = self._kinds, self._numeric, self._digit_ended
             for index, start, end in matches:
                 if not numeric[index]:
+                    if digit_ended[index] and _continues_number(content, end):
+                        continue
                     spans.append(_Span(start, end, kinds[index]))
                 elif not (
                     (start > 0 and content[start - 1] in _DIGITS)
@@ -892,6 +903,12 @@ class LogScrubber:
                     quoted = _is_json_number(content, start, end)
                     spans.append(_Span(start, end, kinds[index], quoted))
         return spans
+
+
+def _continues_number(content: str, end: int) -> bool:
+    """Whether digits, or a decimal point and digits, follow position `end`."""
+    following = content[end : end + 2]
+    return following[:1] in _DIGITS or (following[:1] in (".", ",") and following[1:2] in _DIGITS)
 
 
 def _is_json_number(content: str, start: int, end: int) -> bool:

@@ -748,3 +748,11 @@ def test_faker_always_updated_corpus_three_runs() -> None:
             assert after == before
     assert blobs > len(states) // 2
     assert s.counts == {"cursor": 0, "secret": 0, "state": blobs}
+
+
+def test_log_time_stamps_in_the_cursors_second_are_not_the_cursor() -> None:
+    scrubber = LogScrubber(cursor_values={"2026-11-29T07:47:03+00:00"}, secrets=())
+    kept = "2026-11-29T07:47:03.715Z connector INFO Read 12 records\n"
+    assert scrubber.scrub_line(kept) == kept
+    for rendering in ("2026-11-29T07:47:03Z", "2026-11-29 07:47:03", "2026-11-29T07:47:03.000Z"):
+        assert rendering not in scrubber.scrub_line(f"cursor at {rendering} now\n"), rendering
