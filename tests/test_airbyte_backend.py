@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from tests.airbyte_emulator import (
     stream_state,
 )
 from tests.airbyte_emulator import airbyte_emulator_fixture as airbyte_emulator_fixture
-from tests.conftest import REPO
+from tests.conftest import wait_until, worker_process
 from workers.cli import start_sync
 from workers.settings import Settings
 from workflows.models import SyncRequest, SyncSummary
@@ -214,7 +211,7 @@ async def test_cancelling_the_workflow_cancels_the_airbyte_job(
     settings = airbyte_settings(make_settings, emu, airbyte_id, None)
     await run_worker(settings)
     handle = await start_sync(client, settings, SyncRequest(connection_id="shop"))
-    await _until(lambda: len(emu.requests_to("GET", r"/api/public/v1/jobs/\d+")) >= 2)
+    await wait_until(lambda: len(emu.requests_to("GET", r"/api/public/v1/jobs/\d+")) >= 2)
 
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):
@@ -236,19 +233,30 @@ async def test_worker_killed_while_waiting_never_starts_a_second_job(
     airbyte_id = add_shop(emu)
     emu.script_job(polls_until_done=10_000)
     settings = airbyte_settings(make_settings, emu, airbyte_id, None, heartbeat_timeout_seconds=3)
-    worker = _worker_process(settings, temporal_env, tmp_path)
+    worker = worker_process(
+        settings,
+        temporal_env,
+        tmp_path / "worker.log",
+        {
+            "SLUICE_AIRBYTE_API_URL": settings.airbyte_api_url or "",
+            "SLUICE_AIRBYTE_TOKEN_URL": settings.airbyte_token_url or "",
+            "SLUICE_AIRBYTE_CLIENT_ID": settings.airbyte_client_id or "",
+            "SLUICE_AIRBYTE_CLIENT_SECRET": settings.airbyte_client_secret or "",
+            "SLUICE_AIRBYTE_POLL_SECONDS": str(settings.airbyte_poll_seconds),
+        },
+    )
     try:
         handle: WorkflowHandle[Any, SyncSummary] = await start_sync(
             client, settings, SyncRequest(connection_id="shop")
         )
-        await _until(lambda: len(emu.requests_to("GET", r"/api/public/v1/jobs/\d+")) >= 3)
+        await wait_until(lambda: len(emu.requests_to("GET", r"/api/public/v1/jobs/\d+")) >= 3)
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     polls_before = len(emu.requests_to("GET", r"/api/public/v1/jobs/\d+"))
 
     await run_worker(settings)  # a new worker picks the wait up after the heartbeat timeout
-    await _until(
+    await wait_until(
         lambda: len(emu.requests_to("GET", r"/api/public/v1/jobs/\d+")) > polls_before + 2,
         timeout=60,
     )
@@ -258,34 +266,3 @@ async def test_worker_killed_while_waiting_never_starts_a_second_job(
     assert summary.status == "succeeded"
     assert len(emu.jobs) == 1
     assert len(emu.requests_to("POST", "/api/public/v1/jobs")) == 1
-
-
-def _worker_process(
-    settings: Settings, temporal_env: WorkflowEnvironment, tmp_path: Path
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "SLUICE_STATE_DIR": str(settings.state_path),
-        "SLUICE_CONNECTIONS_FILE": str(settings.connections_file),
-        "SLUICE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-        "SLUICE_TASK_QUEUE": settings.task_queue,
-        "SLUICE_AIRBYTE_API_URL": settings.airbyte_api_url or "",
-        "SLUICE_AIRBYTE_TOKEN_URL": settings.airbyte_token_url or "",
-        "SLUICE_AIRBYTE_CLIENT_ID": settings.airbyte_client_id or "",
-        "SLUICE_AIRBYTE_CLIENT_SECRET": settings.airbyte_client_secret or "",
-        "SLUICE_AIRBYTE_POLL_SECONDS": str(settings.airbyte_poll_seconds),
-        "SLUICE_HEARTBEAT_TIMEOUT_SECONDS": str(settings.heartbeat_timeout_seconds),
-    }
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - kept open for the child
-    return subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "sluice"), "worker"], env=env, stdout=log, stderr=log
-    )
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.1)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from botocore.client import BaseClient
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import REPO, protocol_connector
+from tests.conftest import protocol_connector, worker_process
 from tests.s3_server import DUMMY_CREDENTIALS, REGION, bucket, s3_client, s3_endpoint, seed_objects
 from tests.test_bad_input import items_connection
 from workers.cli import start_sync
@@ -137,7 +135,7 @@ async def test_worker_killed_mid_purge_resumes_and_finishes(
         "[connections.source]", f'staging = "s3://{name}/staging/"\n[connections.source]'
     )
     settings = make_settings(body, heartbeat_timeout_seconds=3)
-    worker = _worker_process(settings, temporal_env, aws_env, tmp_path)
+    worker = worker_process(settings, temporal_env, tmp_path / "worker.log", aws_env)
     try:
         handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
         run_id = handle.result_run_id
@@ -179,22 +177,3 @@ async def _wait_for_purge_progress(handle: Any, timeout: float) -> int:
             raise AssertionError("the purge never reported progress")
         await asyncio.sleep(0.05)
     return deleted
-
-
-def _worker_process(
-    settings: Settings, temporal_env: WorkflowEnvironment, aws: dict[str, str], tmp_path: Path
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        **aws,
-        "SLUICE_STATE_DIR": str(settings.state_path),
-        "SLUICE_CONNECTIONS_FILE": str(settings.connections_file),
-        "SLUICE_CONNECTORS_DIR": str(settings.connectors_dir),
-        "SLUICE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-        "SLUICE_TASK_QUEUE": settings.task_queue,
-        "SLUICE_HEARTBEAT_TIMEOUT_SECONDS": str(settings.heartbeat_timeout_seconds),
-    }
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - kept open for the child
-    return subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "sluice"), "worker"], env=env, stdout=log, stderr=log
-    )

@@ -4,10 +4,8 @@ that held its config are removed."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import subprocess
 import tempfile
 import time
 import uuid
@@ -19,7 +17,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import REPO, protocol_connector
+from tests.conftest import protocol_connector, wait_until, worker_process
 from tests.test_bad_input import items_connection
 from workers.cli import start_sync
 from workers.settings import Settings
@@ -86,14 +84,6 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.1)
-
-
 async def test_cancelled_mid_sync_leaves_no_raw_log(
     tmp_path: Path, make_settings: Callable[..., Settings], run_worker: Any, client: Client
 ) -> None:
@@ -106,14 +96,14 @@ async def test_cancelled_mid_sync_leaves_no_raw_log(
     await run_worker(settings)
     handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
     pid_file = tmp_path / "connector.pid"
-    await _until(pid_file.exists)
+    await wait_until(pid_file.exists)
     pid = int(pid_file.read_text())
 
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):
         await handle.result()
 
-    await _until(lambda: not _alive(pid), timeout=15)  # the connector was stopped
+    await wait_until(lambda: not _alive(pid), timeout=15)  # the connector was stopped
     roots = [Path(tempfile.gettempdir()), tmp_path]
     retained = list((settings.state_path / "logs").rglob("attempt-*.log"))
     assert len(retained) == 1  # scrubbed and retained as the phase ended
@@ -136,29 +126,17 @@ async def test_worker_killed_mid_sync_leaves_no_raw_log_and_no_connector(
         items_connection(connector, tmp_path / "w"),
         heartbeat_timeout_seconds=3,
     )
-    worker = subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "sluice"), "worker"],
-        env={
-            **os.environ,
-            "SLUICE_STATE_DIR": str(settings.state_path),
-            "SLUICE_CONNECTIONS_FILE": str(settings.connections_file),
-            "SLUICE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-            "SLUICE_TASK_QUEUE": settings.task_queue,
-            "SLUICE_HEARTBEAT_TIMEOUT_SECONDS": "3",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = worker_process(settings, temporal_env, tmp_path / "worker.log")
     try:
         handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
         pid_file = tmp_path / "connector.pid"
-        await _until(pid_file.exists)
+        await wait_until(pid_file.exists)
         pid = int(pid_file.read_text())
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
 
-    await _until(lambda: not _alive(pid), timeout=15)  # died with its worker
+    await wait_until(lambda: not _alive(pid), timeout=15)  # died with its worker
     roots = [Path(tempfile.gettempdir()), tmp_path]
     assert files_holding(marker, roots, started) == [connector]
     assert orphaned_private_dirs()  # the killed worker could not remove its config files
