@@ -122,7 +122,10 @@ async def test_connector_exiting_non_zero_mid_stream_keeps_staging_and_loads_onl
         """,
     )
     warehouse = tmp_path / "w.duckdb"
-    settings = make_settings(items_connection(connector, warehouse), batch_records=2)
+    # One attempt: this connector ignores the state it is given, so a retry would re-emit.
+    settings = make_settings(
+        items_connection(connector, warehouse), batch_records=2, sync_attempts=1
+    )
     sluice = await run_worker(settings)
     error = await failure_of(client, settings, SyncRequest(connection_id="items"))
     assert "exited with code 3" in error.message and "HTTP 502" in error.message
@@ -173,3 +176,40 @@ async def test_trace_error_fails_the_run_with_the_connectors_message(
     await run_worker(settings)
     error = await failure_of(client, settings, SyncRequest(connection_id="items"))
     assert "config_error" in error.message and "API key rejected" in error.message
+
+
+async def test_a_failed_attempt_is_retried_from_the_committed_state(
+    tmp_path: Path, make_settings: Callable[..., Settings], run_worker: Any, client: Client
+) -> None:
+    """The first attempt commits 1-2 and dies; the second is given that state and goes on."""
+    connector = protocol_connector(
+        tmp_path,
+        "source-flaky",
+        f"""
+        import os
+        args = sys.argv
+        given = json.load(open(args[args.index("--state") + 1])) if "--state" in args else []
+        start = 3 if given else 1
+        for i in range(start, start + 2):
+            record(i, f"2024-01-0{{i}}T00:00:00Z")
+        state(f"2024-01-0{{start + 1}}T00:00:00Z")
+        marker = {str(tmp_path / "failed-once")!r}
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            print("connection reset by peer", file=sys.stderr, flush=True)
+            sys.exit(1)
+        """,
+    )
+    warehouse = tmp_path / "w.duckdb"
+    settings = make_settings(items_connection(connector, warehouse), batch_records=1)
+    await run_worker(settings)
+
+    summary = await (
+        await start_sync(client, settings, SyncRequest(connection_id="items"))
+    ).result()
+
+    with duckdb.connect(str(warehouse), read_only=True) as db:
+        ids = sorted(r[0] for r in db.execute("SELECT id FROM items").fetchall())
+    assert ids == [1, 2, 3, 4]  # nothing loaded twice
+    assert summary.records == {"items": 4}
+    assert summary.log_uri is not None and summary.log_uri.endswith("attempt-002.log")

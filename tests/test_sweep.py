@@ -39,7 +39,7 @@ async def test_schedule_sweeps_old_logs_and_failed_staging(
         state("2024-01-01T00:00:00Z")
         """,
     )
-    settings = make_settings(items_connection(connector, tmp_path / "w.duckdb"))
+    settings = make_settings(items_connection(connector, tmp_path / "w.duckdb"), sync_attempts=1)
     sluice = await run_worker(settings)
 
     ok = await (await start_sync(client, settings, SyncRequest(connection_id="items"))).result()

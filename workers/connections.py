@@ -100,6 +100,16 @@ class StreamConfig(_Strict):
     def _cursor_path(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _mode_pair(self) -> StreamConfig:
+        if self.sync_mode == "incremental" and self.destination_mode == "overwrite":
+            # Each run would replace the table with only what changed since the last one.
+            raise ValueError(
+                "destination_mode: overwrite with sync_mode incremental would keep only the "
+                "latest changes; use append or append_dedup (or full_refresh)"
+            )
+        return self
+
     @field_validator("primary_key", mode="before")
     @classmethod
     def _key_paths(cls, value: Any) -> Any:

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         default=None, description="account key or SAS token for azure_account_url"
     )
 
+    sync_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="attempts of a local sync whose connector failed for a reason other than "
+        "its configuration; each resumes from the committed state",
+    )
     heartbeat_timeout_seconds: float = Field(
         default=60, gt=0, description="How long a silent activity may go before it is retried."
     )

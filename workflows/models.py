@@ -76,6 +76,7 @@ class RunPlan(BaseModel):
     streams: list[str] = Field(default_factory=list)
     heartbeat_timeout_seconds: float = 60
     job_timeout_hours: float = 24
+    sync_attempts: int = 3
 
     @property
     def staging_target(self) -> str | None:

@@ -168,7 +168,9 @@ class SyncConnectionWorkflow:
                 result_type=SyncOutcome,
                 start_to_close_timeout=timedelta(hours=plan.job_timeout_hours),
                 heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
-                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempts=3),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=5), maximum_attempts=plan.sync_attempts
+                ),
                 # A cancelled run ends once the sync stopped its connector and retained its
                 # scrubbed log, not before.
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,

@@ -108,6 +108,7 @@ class SyncActivities:
         timing = {
             "heartbeat_timeout_seconds": self.settings.heartbeat_timeout_seconds,
             "job_timeout_hours": self.settings.airbyte_job_timeout_hours,
+            "sync_attempts": self.settings.sync_attempts,
         }
         if isinstance(connection, AirbyteConnection):
             if request.streams or request.reset:
@@ -193,7 +194,24 @@ class SyncActivities:
             except SyncConfigError as exc:
                 failure = _fail("InvalidConnection", str(exc))
             except ConnectorError as exc:
-                failure = _fail("ConnectorFailed", f"connection {connection.id!r}: {exc}")
+                # A connector's own configuration error, or a cancellation, is final; anything
+                # else (an upstream 502, a crash) may pass: the attempt is retried from the
+                # committed state, as Airbyte retries attempts.
+                failure = ApplicationError(
+                    f"connection {connection.id!r}: {exc}",
+                    type="ConnectorFailed",
+                    non_retryable=exc.failure_type in ("config_error", "cancelled"),
+                )
+            except Exception as exc:
+                # Whatever else went wrong may quote record values (a DuckDB cast error, a
+                # parse error): the full text goes into the run's log, which is scrubbed; only
+                # its kind goes into Temporal's history.
+                run_log.write("sluice", "error", f"run failed: {type(exc).__name__}: {exc}")
+                failure = ApplicationError(
+                    f"connection {connection.id!r}: {type(exc).__name__} while syncing "
+                    "(the details are in the run's retained log)",
+                    type="SyncError",
+                )
             finally:
                 structlog.contextvars.unbind_contextvars("connection", "run_id", "activity")
                 scrubber = self._scrubber(connection, config, sync)
@@ -212,7 +230,7 @@ class SyncActivities:
                 scrubber.scrub_line(failure.message),
                 scrub.model_dump(mode="json"),
                 type=failure.type,
-                non_retryable=True,
+                non_retryable=failure.non_retryable,
             )
         assert outcome is not None
         return outcome.model_copy(update={"scrub": scrub})
@@ -221,13 +239,15 @@ class SyncActivities:
         self, connection: Connection, config: dict[str, Any], sync: LocalSync | None
     ) -> LogScrubber:
         """A scrubber for one attempt: the state before and after it, the connector's secrets."""
-        states: list[Any] = list(sync.before_state) if sync else []
+        states: list[Any] = [*sync.before_state, *sync.seen_states] if sync else []
         if connection.destination.path.exists():
             with DuckDBDestination(
                 connection.destination.path, connection.id, self.settings.duckdb_memory_limit
             ) as destination:
                 states.extend(destination.committed_state())
         cursor_fields = {f for s in connection.streams for f in s.cursor_field}
+        if sync is not None:
+            cursor_fields |= sync.cursor_fields  # the source's own defaults too
         secrets = secret_values(connection, config)
         if sync is not None and sync.spec is not None:
             secrets += spec_secret_values(sync.spec, config)

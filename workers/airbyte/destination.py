@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 
 STATE_TABLE = "_sluice_state"
+COUNTS_TABLE = "_sluice_run_counts"
 META_COLUMNS = {"_airbyte_raw_id": "VARCHAR", "_airbyte_extracted_at": "TIMESTAMPTZ"}
 
 
@@ -72,10 +73,16 @@ class StreamTable:
         return f"{_ident(self.schema)}.{_ident(self.name)}"
 
     @property
+    def key(self) -> str:
+        return f"{self.namespace}.{self.name}" if self.namespace else self.name
+
+    @property
+    def load_table_name(self) -> str:
+        return self.name + "__sluice_" + self.run_suffix if self.replace else self.name
+
+    @property
     def load_table(self) -> str:
-        if not self.replace:
-            return self.table
-        return f"{_ident(self.schema)}.{_ident(self.name + '__sluice_' + self.run_suffix)}"
+        return f"{_ident(self.schema)}.{_ident(self.load_table_name)}"
 
 
 def state_key(message: dict[str, Any]) -> str:
@@ -99,6 +106,10 @@ class DuckDBDestination:
             "state JSON, run_id VARCHAR, committed_at TIMESTAMPTZ DEFAULT now(), "
             "PRIMARY KEY (connection_id, state_key))"
         )
+        self._db.execute(
+            f"CREATE TABLE IF NOT EXISTS {COUNTS_TABLE} (run_id VARCHAR, stream VARCHAR, "
+            "records BIGINT, PRIMARY KEY (run_id, stream))"
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -116,9 +127,22 @@ class DuckDBDestination:
         ).fetchall()
         return [json.loads(row[0]) for row in rows]
 
-    def prepare(self, streams: Sequence[StreamTable]) -> None:
-        """Create schemas, tables and new columns; start each replacing stream's table afresh."""
+    def run_counts(self, run_id: str) -> dict[str, int]:
+        """Records committed so far by a run (all its attempts), per stream key."""
+        rows = self._db.execute(
+            f"SELECT stream, records FROM {COUNTS_TABLE} WHERE run_id = ?", [run_id]
+        ).fetchall()
+        return {str(stream): int(records) for stream, records in rows}
+
+    def prepare(self, streams: Sequence[StreamTable], run_id: str = "") -> None:
+        """Create schemas, tables and new columns; start each replacing stream's table afresh
+        (and its count: an earlier attempt's rows of it are gone)."""
         for stream in streams:
+            if stream.replace:
+                self._db.execute(
+                    f"DELETE FROM {COUNTS_TABLE} WHERE run_id = ? AND stream = ?",
+                    [run_id, stream.key],
+                )
             self._db.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(stream.schema)}")
             columns = {**stream.columns, **META_COLUMNS}
             if stream.replace:
@@ -126,15 +150,17 @@ class DuckDBDestination:
             ddl = ", ".join(f"{_ident(c)} {t}" for c, t in columns.items())
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {stream.load_table} ({ddl})")
             existing = {
-                row[0]
+                row[0].lower()
                 for row in self._db.execute(
                     "SELECT column_name FROM information_schema.columns "
                     "WHERE table_schema = ? AND table_name = ?",
-                    [stream.schema, stream.load_table.rsplit(".", 1)[1].strip('"')],
+                    [stream.schema, stream.load_table_name],
                 ).fetchall()
             }
             for column, kind in columns.items():
-                if column not in existing:
+                # DuckDB identifiers are case-insensitive: "Id" and "id" are one column.
+                if column.lower() not in existing:
+                    existing.add(column.lower())
                     self._db.execute(
                         f"ALTER TABLE {stream.load_table} ADD COLUMN {_ident(column)} {kind}"
                     )
@@ -146,10 +172,13 @@ class DuckDBDestination:
         states: Iterable[dict[str, Any]],
         run_id: str,
         replace: Sequence[StreamTable] = (),
+        forget: Iterable[str] = (),
+        counts: dict[str, int] | None = None,
     ) -> int:
         """Load staged batches and upsert the states that cover them, in one transaction.
 
-        ``replace``: streams whose run-scoped table now replaces the live one (end of run).
+        ``replace``: streams whose run-scoped table now replaces the live one (end of run);
+        ``forget``: state keys a reset drops, in the same transaction.
         Returns the number of rows loaded.
         """
         # Batches are parsed into temporary tables first, outside the transaction: a typed
@@ -167,6 +196,17 @@ class DuckDBDestination:
             for stream in replace:
                 self._db.execute(f"DROP TABLE IF EXISTS {stream.table}")
                 self._db.execute(f"ALTER TABLE {stream.load_table} RENAME TO {_ident(stream.name)}")
+            for key, count in (counts or {}).items():
+                self._db.execute(
+                    f"INSERT INTO {COUNTS_TABLE} VALUES (?, ?, ?) ON CONFLICT (run_id, stream) "
+                    "DO UPDATE SET records = records + excluded.records",
+                    [run_id, key, count],
+                )
+            for key in forget:
+                self._db.execute(
+                    f"DELETE FROM {STATE_TABLE} WHERE connection_id = ? AND state_key = ?",
+                    [self.connection_id, key],
+                )
             for state in states:
                 self._db.execute(
                     f"INSERT OR REPLACE INTO {STATE_TABLE} "
@@ -179,13 +219,6 @@ class DuckDBDestination:
             self._db.execute("ROLLBACK")
             raise
         return loaded
-
-    def forget_state(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._db.execute(
-                f"DELETE FROM {STATE_TABLE} WHERE connection_id = ? AND state_key = ?",
-                [self.connection_id, key],
-            )
 
     def discard(self, streams: Iterable[StreamTable]) -> None:
         """Drop the run-scoped tables of a run that will not complete."""

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import structlog
 from airbyte_protocol.models import AirbyteMessage, TraceType, Type
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from purge.stores import StagingStore
 from workers.airbyte.connector import Connector, ConnectorError, configured_catalog
@@ -165,6 +165,26 @@ def _record_stream(line: bytes) -> str | None:
     return name.decode("utf-8")
 
 
+def _columns(properties: dict[str, Any]) -> dict[str, str]:
+    """Columns from a stream's JSON schema. DuckDB names are case-insensitive: of two
+    properties that differ only in case, the first one is kept."""
+    columns: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, schema in properties.items():
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            columns[name] = duckdb_type(schema if isinstance(schema, dict) else {})
+    return columns
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) and "type" in message else None
+
+
 def stream_id(name: str, namespace: str | None) -> str:
     return f"{namespace}.{name}" if namespace else name
 
@@ -200,6 +220,12 @@ class LocalSync:
         self._duckdb_memory_limit = duckdb_memory_limit
         self.before_state: list[dict[str, Any]] = []
         self.spec: dict[str, Any] | None = None
+        # Every state the connector emitted this attempt: intermediate cursor values are in
+        # its log too, and only the last of them is committed.
+        self.seen_states: list[dict[str, Any]] = []
+        self.cursor_fields: set[str] = set()
+        self._reset = False
+        self._declared_streams: list[str] = [s.name for s in connection.streams]
 
     def _catalog(self) -> dict[str, Any]:
         """The source's catalog: discovered on the first run and after a change of the source's
@@ -260,7 +286,7 @@ class LocalSync:
             table = StreamTable(
                 name=stream.name,
                 namespace=stream.namespace,
-                columns={c: duckdb_type(s) for c, s in properties.items()},
+                columns=_columns(properties),
                 mode=stream.destination_mode,
                 replace=reset or stream.destination_mode == "overwrite",
                 primary_key=[path[0] for path in key],
@@ -276,19 +302,25 @@ class LocalSync:
         if reset:
             return None
         incremental = {sid for sid, s in streams.items() if s.config.sync_mode == "incremental"}
+        if not incremental:
+            return None
         messages = []
+        legacy = None
         for message in committed:
             kind = message.get("type")
             if kind == "STREAM":
                 descriptor = message["stream"]["stream_descriptor"]
                 if stream_id(descriptor["name"], descriptor.get("namespace")) in incremental:
                     messages.append(message)
-            elif kind == "GLOBAL" and incremental:
+            elif kind == "GLOBAL":
                 messages.append(message)
-            elif kind in (None, "LEGACY") and incremental:
-                # Legacy connectors take the bare state blob.
-                return message.get("data") or {}
-        return messages or None
+            elif kind in (None, "LEGACY"):
+                legacy = message
+        if messages:
+            # A connector that moved from LEGACY to per-stream state resumes from the latter.
+            return messages
+        # Legacy connectors take the bare state blob.
+        return (legacy.get("data") or {}) if legacy is not None else None
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -326,20 +358,19 @@ class LocalSync:
         only: list[str] | None,
         resume: SyncProgress | None,
     ) -> SyncOutcome:
+        self._reset = reset
         streams = self._plan_streams(self._catalog(), only, reset)
+        self.cursor_fields = {field for s in streams.values() for field in s.cursor_field}
         committed = destination.committed_state()
         # Kept for the scrubber: connectors print the state they start from.
         self.before_state = committed
         input_state = self._input_state(committed, streams, reset)
         if resume:
-            progress.records = {
-                sid: n
-                for sid, n in resume.records.items()
-                if sid in streams and not streams[sid].table.replace
-            }
             progress.bytes_staged, progress.batches = resume.bytes_staged, resume.batches
             progress.states = resume.states
-        destination.prepare([s.table for s in streams.values()])
+        destination.prepare([s.table for s in streams.values()], self.run_id)
+        # Counts are committed with the records they count: exact across retried attempts.
+        progress.records = destination.run_counts(self.run_id)
         catalog = configured_catalog(
             [
                 {
@@ -376,7 +407,11 @@ class LocalSync:
                         run_log.write("connector", "stdout", line.decode("utf-8", "replace"))
                         continue
                     sid = _record_stream(line)
-                    raw = json.loads(line) if sid is None else None
+                    raw = _parse(line) if sid is None else None
+                    if sid is None and raw is None:
+                        # Not a protocol message (a library printing JSON): kept as a log line.
+                        run_log.write("connector", "stdout", line.decode("utf-8", "replace"))
+                        continue
                     if raw is not None and raw.get("type") == "RECORD":
                         record = raw["record"]
                         sid = stream_id(record["stream"], record.get("namespace"))
@@ -388,12 +423,17 @@ class LocalSync:
                         self._write_record(stream, sid, line, progress)
                     else:
                         assert raw is not None
-                        message = AirbyteMessage.model_validate(raw)
+                        try:
+                            message = AirbyteMessage.model_validate(raw)
+                        except ValidationError:
+                            run_log.write("connector", "stdout", line.decode("utf-8", "replace"))
+                            continue
                         if message.type == Type.STATE and message.state is not None:
                             state = message.state.model_dump(mode="json", exclude_none=True)
                             state.pop("sourceStats", None)
                             state.pop("destinationStats", None)
                             pending_states[state_key(state)] = state
+                            self.seen_states.append(state)
                             if sum(self._pending_records(streams).values()) >= self.batch_records:
                                 self._commit(
                                     committer,
@@ -414,6 +454,10 @@ class LocalSync:
                         self._heartbeat(progress)
                         if self._cancelled():
                             raise ConnectorError("run cancelled", failure_type="cancelled")
+            if self.connector.terminated or self._cancelled():
+                # The connector was stopped: its output may just have ended early. Committing
+                # now would swap a partial table in for a whole one.
+                raise ConnectorError("run cancelled", failure_type="cancelled")
             if trace_error is not None and trace_error.trace and trace_error.trace.error:
                 error = trace_error.trace.error
                 failure_type = error.failure_type.value if error.failure_type else None
@@ -434,9 +478,6 @@ class LocalSync:
                 committer.close()
             destination.discard(s.table for s in streams.values())
             raise
-        if reset:
-            emitted = set(held_states)
-            destination.forget_state(state_key(m) for m in committed if state_key(m) not in emitted)
         self._heartbeat(progress)
         log.info(
             "sync committed",
@@ -501,30 +542,48 @@ class LocalSync:
         *,
         final: bool,
     ) -> None:
-        """Hand the pending batches and the states that cover them to the committer."""
-        for stream in streams.values():
-            self._rotate(stream, progress)
-        replacing = {
-            f"stream:{s.config.namespace or ''}:{s.config.name}"
-            for s in streams.values()
-            if s.table.replace
+        """Hand the batches that the pending states cover, and those states, to the committer.
+
+        A STREAM state covers its own stream's records only: another stream's pending records
+        wait for a state of theirs, or a crash would load them without one and the next run
+        would load them again. GLOBAL and LEGACY states cover every stream. The final commit
+        takes everything left, with the states held back for replaced tables.
+        """
+        keys = {
+            sid: f"stream:{s.config.namespace or ''}:{s.config.name}" for sid, s in streams.items()
         }
+        covers_all = final or any(not k.startswith("stream:") for k in pending_states)
+        covered = [sid for sid in streams if covers_all or keys[sid] in pending_states]
+        for sid in covered:
+            self._rotate(streams[sid], progress)
         to_commit = []
         for key, state in pending_states.items():
             # A replaced stream's state is committed with its table, when the run completes;
             # when every stream is replaced (reset), so is any GLOBAL or LEGACY state.
-            if key in replacing or (
+            if key in {keys[sid] for sid, s in streams.items() if s.table.replace} or (
                 not key.startswith("stream:") and all(s.table.replace for s in streams.values())
             ):
                 held_states[key] = state
             else:
                 to_commit.append(state)
+        forget: list[str] = []
         if final:
             to_commit += list(held_states.values())
+            if self._reset:
+                # A reset replaces the state of the streams it ran, and GLOBAL / LEGACY state
+                # only when it ran them all; other streams keep theirs.
+                ran_all = len(streams) == len(self._declared_streams)
+                emitted = set(held_states) | {state_key(s) for s in to_commit}
+                forget = [
+                    key
+                    for key in (state_key(m) for m in self.before_state)
+                    if key not in emitted
+                    and (key in keys.values() or (ran_all and not key.startswith("stream:")))
+                ]
         pending_states.clear()
-        batches = {sid: list(s.pending) for sid, s in streams.items()}
-        for stream in streams.values():
-            stream.pending.clear()
+        batches = {sid: list(streams[sid].pending) for sid in covered}
+        for sid in covered:
+            streams[sid].pending.clear()
         tables = {sid: s.table for sid, s in streams.items()}
         replace = [s.table for s in streams.values() if s.table.replace] if final else []
 
@@ -534,8 +593,16 @@ class LocalSync:
                     sid: [stack.enter_context(self.store.local_path(b.key)) for b in pending]
                     for sid, pending in batches.items()
                 }
-                destination.commit(paths, tables, to_commit, self.run_id, replace=replace)
-            counts = {sid: sum(b.records for b in pending) for sid, pending in batches.items()}
+                counts = {sid: sum(b.records for b in pending) for sid, pending in batches.items()}
+                destination.commit(
+                    paths,
+                    tables,
+                    to_commit,
+                    self.run_id,
+                    replace=replace,
+                    forget=forget,
+                    counts=counts,
+                )
             for sid, count in counts.items():
                 progress.records[sid] = progress.records.get(sid, 0) + count
             progress.states += len(to_commit)
