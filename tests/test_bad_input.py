@@ -18,7 +18,8 @@ from tests.conftest import REPO, protocol_connector
 from workers.cli import start_sync
 from workers.connections import ConnectionsFile, ConnectionsFileError
 from workers.settings import Settings
-from workflows.models import SyncRequest
+from workflows.models import SyncRequest, SyncSummary
+from workflows.sync import SyncConnectionWorkflow
 
 pytestmark = pytest.mark.temporal
 
@@ -213,3 +214,31 @@ async def test_a_failed_attempt_is_retried_from_the_committed_state(
     assert ids == [1, 2, 3, 4]  # nothing loaded twice
     assert summary.records == {"items": 4}
     assert summary.log_uri is not None and summary.log_uri.endswith("attempt-002.log")
+
+
+async def test_one_run_of_a_connection_at_a_time(
+    tmp_path: Path, make_settings: Callable[..., Settings], run_worker: Any, client: Client
+) -> None:
+    connector = protocol_connector(
+        tmp_path, "source-slow", 'import time\ntime.sleep(4)\nrecord(1, "2024-01-01")\n'
+    )
+    settings = make_settings(items_connection(connector, tmp_path / "w.duckdb"))
+    await run_worker(settings)
+    first = await start_sync(client, settings, SyncRequest(connection_id="items"))
+    # A second run that is not the first's workflow id (a schedule's, a replay's).
+    second = await client.start_workflow(
+        SyncConnectionWorkflow.run,
+        SyncRequest(connection_id="items"),
+        id="sync-items-by-hand",
+        task_queue=settings.task_queue,
+        result_type=SyncSummary,
+    )
+    with pytest.raises(WorkflowFailureError) as failed:
+        await second.result()
+    error = failed.value.cause.cause
+    assert isinstance(error, ApplicationError) and error.type == "ConnectionBusy"
+    assert first.result_run_id in error.message
+    assert (await first.result()).records == {"items": 1}
+    # Once the first run ended, the connection is free again.
+    third = await start_sync(client, settings, SyncRequest(connection_id="items"))
+    assert (await third.result()).status == "succeeded"

@@ -37,6 +37,7 @@ class ActivityName:
     RETAIN_METADATA = "retain_metadata"
     PURGE_STAGING = "purge_staging"
     RECORD_RUN = "record_run"
+    RELEASE_CONNECTION = "release_connection"
     AIRBYTE_START_JOB = "airbyte_start_job"
     AIRBYTE_WAIT_JOB = "airbyte_wait_job"
     AIRBYTE_CANCEL_JOB = "airbyte_cancel_job"

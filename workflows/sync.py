@@ -9,7 +9,7 @@ run recorded.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -82,6 +82,20 @@ class SyncConnectionWorkflow:
             retry_policy=_RETRY,
         )
 
+        try:
+            return await self._run(plan, request, started_at)
+        except asyncio.CancelledError:
+            # A cancelled run gives its connection back at once, not when the lock expires.
+            release = workflow.execute_activity(
+                ActivityName.RELEASE_CONNECTION,
+                plan,
+                start_to_close_timeout=_QUICK,
+                retry_policy=_RETRY,
+            )
+            await asyncio.shield(asyncio.ensure_future(release))
+            raise
+
+    async def _run(self, plan: RunPlan, request: SyncRequest, started_at: datetime) -> SyncSummary:
         if plan.backend == "airbyte":
             outcome, failure = await self._sync_airbyte(plan)
         else:

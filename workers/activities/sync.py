@@ -8,6 +8,7 @@ connection and what was wrong.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -110,6 +111,27 @@ class SyncActivities:
             "job_timeout_hours": self.settings.airbyte_job_timeout_hours,
             "sync_attempts": self.settings.sync_attempts,
         }
+        plan = self._plan(connection, request, run_id, timing)
+        holder = self.store.lock_connection(
+            connection.id,
+            run_id,
+            timedelta(hours=self.settings.airbyte_job_timeout_hours + 1),
+        )
+        if holder is not None:
+            raise _fail(
+                "ConnectionBusy",
+                f"connection {connection.id!r} is already syncing (run {holder}); "
+                "one run of a connection at a time",
+            )
+        return plan
+
+    def _plan(
+        self,
+        connection: Connection | AirbyteConnection,
+        request: SyncRequest,
+        run_id: str,
+        timing: dict[str, Any],
+    ) -> RunPlan:
         if isinstance(connection, AirbyteConnection):
             if request.streams or request.reset:
                 raise _fail(
@@ -328,6 +350,10 @@ class SyncActivities:
         )
         return receipt
 
+    @activity.defn(name=ActivityName.RELEASE_CONNECTION)
+    def release_connection(self, plan: RunPlan) -> None:
+        self.store.unlock_connection(plan.connection_id, plan.run_id)
+
     @activity.defn(name=ActivityName.RECORD_RUN)
     def record_run(self, request: RecordRunInput) -> None:
         outcome = request.outcome
@@ -348,9 +374,14 @@ class SyncActivities:
                 "redactions": request.scrub.redactions if request.scrub else {},
                 "receipt_id": request.receipt.receipt_id if request.receipt else None,
                 "error": request.error,
-                "staging_target": request.plan.staging_target,
+                # Airbyte stages into one path per connection, not per run: the next successful
+                # job's purge covers a failed one's files, and a sweep could hit a live job's.
+                "staging_target": None
+                if request.plan.backend == "airbyte"
+                else request.plan.staging_target,
             }
         )
+        self.store.unlock_connection(request.plan.connection_id, request.plan.run_id)
 
     def all(self) -> list[Any]:
         return [
@@ -359,4 +390,5 @@ class SyncActivities:
             self.retain_metadata,
             self.purge_staging,
             self.record_run,
+            self.release_connection,
         ]

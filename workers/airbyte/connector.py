@@ -164,12 +164,14 @@ class Connector:
         self._running: subprocess.Popen[bytes] | None = None
         self.terminated = False
 
-    def terminate(self) -> None:
-        """Stop the running command (the run was cancelled); its reader then sees the end."""
+    def terminate(self, grace_seconds: float = 10.0) -> None:
+        """Stop the running command (the run was cancelled), and refuse to start another;
+        its reader then sees the end. SIGTERM first, SIGKILL if it lingers."""
         self.terminated = True
         process = self._running
         if process is not None and process.poll() is None:
             process.terminate()
+            threading.Timer(grace_seconds, _kill_if_running, args=(process,)).start()
 
     def spec(self) -> dict[str, Any]:
         for message in self._run_collect(["spec"], {}):
@@ -210,6 +212,8 @@ class Connector:
         Raises ConnectorError when the process exits non-zero (after the lines were consumed),
         with the last stderr lines as the message.
         """
+        if self.terminated:
+            raise ConnectorError("run cancelled", failure_type="cancelled")
         with _private_files(files) as paths:
             args = [*self.argv, *verb]
             for name, path in paths.items():
@@ -254,6 +258,11 @@ class Connector:
                 raise ConnectorError(
                     f"connector {Path(self.argv[0]).name} {verb[0]} exited with code {code}: {tail}"
                 )
+
+
+def _kill_if_running(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
 
 
 def _die_with_parent() -> None:

@@ -9,7 +9,7 @@ work. Every write is an upsert keyed by its natural id, so a retried activity wr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection as DBConnection
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from purge.receipts import PurgeReceipt
 
@@ -120,6 +121,14 @@ retained_logs = Table(
     Column("lines", Integer, nullable=False),
     Column("redactions", JSON, nullable=False),
     Column("retained_at", DateTime(timezone=True), nullable=False),
+)
+
+connection_locks = Table(
+    "connection_locks",
+    metadata,
+    Column("connection_id", String(128), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
 catalogs = Table(
@@ -324,6 +333,45 @@ class MetadataStore:
     def mark_staging_swept(self, run_id: str) -> None:
         with self.engine.begin() as db:
             db.execute(update(runs).where(runs.c.run_id == run_id).values(staging_swept_at=_now()))
+
+    def lock_connection(self, connection_id: str, run_id: str, ttl: timedelta) -> str | None:
+        """Take the connection for this run: one run of a connection at a time, across every
+        worker. Returns None when taken (or already held by this run), else the holder's run
+        id. A lock outlives a crashed run by at most `ttl`."""
+        now = _now()
+        row = {"connection_id": connection_id, "run_id": run_id, "expires_at": now + ttl}
+        try:
+            with self.engine.begin() as db:
+                db.execute(insert(connection_locks).values(row))
+            return None
+        except IntegrityError:
+            pass
+        with self.engine.begin() as db:
+            taken = db.execute(
+                update(connection_locks)
+                .where(
+                    connection_locks.c.connection_id == connection_id,
+                    (connection_locks.c.run_id == run_id) | (connection_locks.c.expires_at < now),
+                )
+                .values(run_id=run_id, expires_at=now + ttl)
+            ).rowcount
+            if taken:
+                return None
+            holder = db.execute(
+                select(connection_locks.c.run_id).where(
+                    connection_locks.c.connection_id == connection_id
+                )
+            ).scalar()
+        return str(holder) if holder else "another run"
+
+    def unlock_connection(self, connection_id: str, run_id: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                delete(connection_locks).where(
+                    connection_locks.c.connection_id == connection_id,
+                    connection_locks.c.run_id == run_id,
+                )
+            )
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as db:
