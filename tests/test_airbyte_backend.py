@@ -189,14 +189,17 @@ async def test_unknown_airbyte_connection_fails_at_once(
     settings = airbyte_settings(
         make_settings, airbyte_emulator, "6c1d2f3e-0000-4000-8000-000000000000", None
     )
-    await run_worker(settings)
+    sluice = await run_worker(settings)
     handle = await start_sync(client, settings, SyncRequest(connection_id="shop"))
     with pytest.raises(WorkflowFailureError) as failed:
         await handle.result()
-    error = failed.value.cause.cause  # the activity's failure
-    assert isinstance(error, ApplicationError) and error.non_retryable
+    error = failed.value.cause
+    assert isinstance(error, ApplicationError) and error.type == "SyncFailed"
     assert "'shop'" in error.message and "404" in error.message
+    # Not retried (one request), and the failed run is recorded.
     assert len(airbyte_emulator.requests_to("POST", "/api/public/v1/jobs")) == 1
+    run = sluice.metadata.get_run(handle.result_run_id or "")
+    assert run is not None and run["status"] == "failed" and "404" in run["error"]
 
 
 async def test_cancelling_the_workflow_cancels_the_airbyte_job(
@@ -266,3 +269,24 @@ async def test_worker_killed_while_waiting_never_starts_a_second_job(
     assert summary.status == "succeeded"
     assert len(emu.jobs) == 1
     assert len(emu.requests_to("POST", "/api/public/v1/jobs")) == 1
+
+
+async def test_config_api_unavailable_keeps_the_job_and_retains_no_unscrubbed_log(
+    airbyte_emulator: AirbyteEmulator,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+) -> None:
+    emu = airbyte_emulator
+    airbyte_id = add_shop(emu)
+    emu.script_job(polls_until_done=2, attempt_logs=[[f"cursor now {AFTER}"]])
+    # No state: the logs could not be scrubbed of cursor values, so they are not kept.
+    emu.fail_next(r"/api/v1/state/get", 404, count=10)
+    settings = airbyte_settings(make_settings, emu, airbyte_id, None)
+    sluice = await run_worker(settings)
+
+    summary = await (await start_sync(client, settings, SyncRequest(connection_id="shop"))).result()
+
+    assert summary.status == "succeeded" and summary.log_uri is None
+    assert not emu.requests_to("DELETE", r"/api/public/v1/jobs/\d+")
+    assert not list((sluice.settings.state_path / "logs").rglob("*.log"))

@@ -197,13 +197,16 @@ class SyncConnectionWorkflow:
 
     async def _sync_airbyte(self, plan: RunPlan) -> tuple[SyncOutcome | None, str | None]:
         self._phase = "starting Airbyte job"
-        job: AirbyteJobRef = await workflow.execute_activity(
-            ActivityName.AIRBYTE_START_JOB,
-            plan,
-            result_type=AirbyteJobRef,
-            start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=_RETRY,
-        )
+        try:
+            job: AirbyteJobRef = await workflow.execute_activity(
+                ActivityName.AIRBYTE_START_JOB,
+                plan,
+                result_type=AirbyteJobRef,
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=_RETRY,
+            )
+        except ActivityError as err:
+            return None, _failure_message(err)
         # From here the job id is in the workflow's history: whatever happens to a worker, no
         # second job is started, and the job is never left running behind a cancelled run.
         self._phase = f"waiting for Airbyte job {job.job_id}"

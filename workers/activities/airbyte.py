@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -112,25 +112,41 @@ class AirbyteActivities:
 
     @activity.defn(name=ActivityName.AIRBYTE_WAIT_JOB)
     async def airbyte_wait_job(self, request: AirbyteJobInput) -> AirbyteJobOutcome:
-        """Poll until the job ends, then scrub and retain its logs. Heartbeats every poll, so
-        a cancelled workflow reaches us and a dead worker is noticed."""
+        """Poll until the job ends, then scrub and retain its logs.
+
+        Heartbeats run on a timer of their own, so that a slow answer or a long poll interval
+        never makes a live watcher look dead; a cancelled workflow reaches us through them.
+        """
         plan, job_id = request.plan, request.job_id
         assert plan.airbyte_connection_id is not None
         connection = self._connection(plan)
-        async with self._client(plan) as client:
-            # The state as the job starts: its values are what the job's log prints first.
-            before = await client.connection_state(plan.airbyte_connection_id)
-            remote = await client.connection(plan.airbyte_connection_id)
+        timeout = activity.info().heartbeat_timeout
+        beat = min(5.0, timeout.total_seconds() / 3) if timeout else 5.0
+        status = "unknown"
+
+        async def heartbeat() -> None:
             while True:
-                job = await client.job(job_id)
-                activity.heartbeat(job.status)
-                if job.status in ("succeeded", "failed", "cancelled"):
-                    break
-                await asyncio.sleep(self.settings.airbyte_poll_seconds)
-            info = await client.job_info(job_id)
-            after = await client.connection_state(plan.airbyte_connection_id)
+                activity.heartbeat(status)
+                await asyncio.sleep(beat)
+
+        beating = asyncio.create_task(heartbeat())
+        try:
+            async with self._client(plan) as client:
+                # The state as the job starts: its values are what the job's log prints first.
+                before = await _optional(client.connection_state(plan.airbyte_connection_id))
+                remote = await client.connection(plan.airbyte_connection_id)
+                while True:
+                    job = await client.job(job_id)
+                    status = job.status
+                    if job.status in ("succeeded", "failed", "cancelled"):
+                        break
+                    await asyncio.sleep(self.settings.airbyte_poll_seconds)
+                info = await _optional(client.job_info(job_id))
+                after = await _optional(client.connection_state(plan.airbyte_connection_id))
+        finally:
+            beating.cancel()
         scrubber = LogScrubber(
-            cursor_values=state_leaf_values([before, after]),
+            cursor_values=state_leaf_values([s for s in (before, after) if s is not None]),
             secrets=self._secrets(connection, client),
             cursor_fields=sorted(
                 {
@@ -141,24 +157,29 @@ class AirbyteActivities:
                 }
             ),
         )
-        attempt = activity.info().attempt
-        scrub = self.log_retention.retain(
-            connection_id=plan.connection_id,
-            run_id=plan.run_id,
-            attempt=attempt,
-            lines=log_lines(info),
-            scrubber=scrubber,
-        )
-        summary = failure_summary(info)
+        scrub = None
+        if info is not None and before is not None and after is not None:
+            scrub = self.log_retention.retain(
+                connection_id=plan.connection_id,
+                run_id=plan.run_id,
+                attempt=activity.info().attempt,
+                lines=log_lines(info),
+                scrubber=scrubber,
+            )
+        else:
+            # Without the logs there is nothing to keep; without the state they cannot be
+            # scrubbed, and unscrubbed logs are never kept. The job's outcome stands.
+            log.warning("airbyte job logs not retained", job_id=job_id, reason="Config API")
+        summary = failure_summary(info) if info is not None else None
         return AirbyteJobOutcome(
             job_id=job_id,
             status=job.status,  # type: ignore[arg-type]
             failure=scrubber.scrub_line(summary) if summary else None,
             sync=SyncOutcome(
                 run_id=plan.run_id,
-                streams=_stream_records(info),
+                streams=_stream_records(info) if info is not None else [],
                 bytes_staged=job.bytes_synced,
-                incremental=before.get("stateType") not in (None, "not_set"),
+                incremental=before is not None and before.get("stateType") not in (None, "not_set"),
                 scrub=scrub,
             ),
         )
@@ -221,6 +242,16 @@ class AirbyteActivities:
             self.airbyte_cancel_job,
             self.airbyte_retain_metadata,
         ]
+
+
+async def _optional(call: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+    """A Config API answer, or None: the Config API is not a stable contract (and not always
+    reachable, e.g. on Airbyte Cloud), so its logs and state must never fail a sync."""
+    try:
+        return await call
+    except AirbyteApiError as exc:
+        log.warning("airbyte config api unavailable", error=str(exc))
+        return None
 
 
 def _stream_records(info: dict[str, Any]) -> list[StreamOutcome]:

@@ -41,10 +41,18 @@ AuthKind = Literal["none", "bearer", "basic", "client_credentials"]
 class AirbyteApiError(RuntimeError):
     """An answer from Airbyte that Sluice will not (or may no longer) retry."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        problem_type: str = "",
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.problem_type = problem_type
 
 
 class AirbyteConfigError(ValueError):
@@ -241,7 +249,9 @@ class AirbyteClient:
                     self._token = None
                     wait = 0.0
                 elif status not in _RETRYABLE_STATUS:
-                    raise AirbyteApiError(message, status=status) from None
+                    raise AirbyteApiError(
+                        message, status=status, problem_type=_problem_type(exc)
+                    ) from None
                 else:
                     wait = _retry_after(exc.headers) if status == 429 else None
                 failure = AirbyteApiError(message, status=status, retryable=True)
@@ -320,7 +330,9 @@ class AirbyteClient:
         try:
             return await self._call(f"start a sync of connection {connection_id}", create), False
         except AirbyteApiError as exc:
-            if exc.status != 409:
+            # Only "try again later" means a job of this connection is running; another 409
+            # (a locked connection, say) is an error like any other.
+            if exc.status != 409 or "try-again-later" not in exc.problem_type:
                 raise
         job_id = await self.active_job(connection_id)
         if job_id is None:
@@ -334,11 +346,11 @@ class AirbyteClient:
         return job_id, True
 
     async def active_job(self, connection_id: str) -> int | None:
-        """The newest pending, queued, running or incomplete sync job of the connection."""
+        """The newest pending, queued, running or incomplete job of the connection (a sync, or
+        a reset or refresh that also holds it)."""
         for status in ("running", "incomplete", "pending", "queued"):
             request = api.ListJobsRequest(
                 connection_id=connection_id,
-                job_type=models.JobTypeEnum.SYNC,
                 status=models.JobStatusEnum(status),
                 order_by="createdAt|DESC",
                 limit=5,
