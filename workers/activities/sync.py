@@ -263,10 +263,13 @@ class SyncActivities:
         """A scrubber for one attempt: the state before and after it, the connector's secrets."""
         states: list[Any] = [*sync.before_state, *sync.seen_states] if sync else []
         if connection.destination.path.exists():
-            with DuckDBDestination(
-                connection.destination.path, connection.id, self.settings.duckdb_memory_limit
-            ) as destination:
-                states.extend(destination.committed_state())
+            try:
+                with DuckDBDestination(
+                    connection.destination.path, connection.id, self.settings.duckdb_memory_limit
+                ) as destination:
+                    states.extend(destination.committed_state())
+            except Exception as exc:  # the log must still be scrubbed and kept
+                log.warning("committed state unreadable", error=type(exc).__name__)
         cursor_fields = {f for s in connection.streams for f in s.cursor_field}
         if sync is not None:
             cursor_fields |= sync.cursor_fields  # the source's own defaults too
@@ -285,7 +288,9 @@ class SyncActivities:
         declared = {(s.namespace, s.name): s for s in connection.streams}
         rows = []
         for outcome in request.streams:
-            stream = declared[(outcome.namespace, outcome.name)]
+            stream = declared.get((outcome.namespace, outcome.name))
+            if stream is None:
+                continue  # removed from the file while the run went on
             rows.append(
                 {
                     "name": stream.name,
