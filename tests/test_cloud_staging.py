@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from botocore.client import BaseClient
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import protocol_connector, worker_process
+from tests.conftest import REPO, protocol_connector, worker_process
 from tests.s3_server import DUMMY_CREDENTIALS, REGION, bucket, s3_client, s3_endpoint, seed_objects
 from tests.test_bad_input import items_connection
 from workers.cli import start_sync
@@ -177,3 +179,35 @@ async def _wait_for_purge_progress(handle: Any, timeout: float) -> int:
             raise AssertionError("the purge never reported progress")
         await asyncio.sleep(0.05)
     return deleted
+
+
+def test_cli_purge_on_s3_reports_a_legal_hold_and_exits_non_zero(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    bucket: Callable[[str], str],
+    s3_client: BaseClient,
+) -> None:
+    name = bucket("object_lock")
+    for key in ("runs/r1/a", "runs/r1/b", "runs/r1/held", "runs/r10/keep"):
+        s3_client.put_object(Bucket=name, Key=key, Body=b"staged")
+    s3_client.put_object_legal_hold(Bucket=name, Key="runs/r1/held", LegalHold={"Status": "ON"})
+    env = {
+        **os.environ,
+        **aws_env,
+        "SLUICE_STATE_DIR": str(tmp_path / "state"),
+        "SLUICE_CONNECTIONS_FILE": str(tmp_path / "none.toml"),
+        "SLUICE_PURGE_ALLOW": f"s3://{name}/runs/",
+    }
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "sluice"), "purge", f"s3://{name}/runs/r1/", "--yes"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    receipt = json.loads(done.stdout)
+    assert not receipt["verified_empty"] and receipt["objects_failed"] == 1
+    assert any("runs/r1/held" in f and "AccessDenied" in f for f in receipt["failures"])
+    assert receipt["store_settings"]["object_lock"] == "enabled"
+    assert sorted(all_versions(s3_client, name, "runs/")) == ["runs/r1/held", "runs/r10/keep"]
