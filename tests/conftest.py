@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from workers.airbyte.connector import ConnectorInstaller
+from workers.codec import data_converter, new_key_spec, parse_keys
 from workers.connections import SourceConfig
 from workers.devserver import temporal_cli
 from workers.runlog import configure_logging
@@ -34,6 +34,8 @@ CONNECTORS_DIR = Path(
     # Shared across test sessions: installing a connector takes half a minute.
     REPO / ".cache" / "connectors"
 )
+# The payload key of this test session: the test client and every worker it starts share it.
+PAYLOAD_KEYS = new_key_spec("test")
 FAKER = SourceConfig(package="airbyte-source-faker==7.2.1", command=["source-faker"])
 
 
@@ -52,7 +54,7 @@ def faker_command() -> str:
 @pytest_asyncio.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(parse_keys(PAYLOAD_KEYS)),
         dev_server_existing_path=temporal_cli(),
         port=free_port(),
         ui=False,
@@ -99,6 +101,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             connections_file=connections_file,
             task_queue=f"test-{uuid.uuid4().hex[:8]}",
             connectors_dir_override=CONNECTORS_DIR,
+            payload_keys=PAYLOAD_KEYS,
             **overrides,
         )
 
@@ -187,6 +190,7 @@ def worker_process(
         "SLUICE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
         "SLUICE_TASK_QUEUE": settings.task_queue,
         "SLUICE_HEARTBEAT_TIMEOUT_SECONDS": str(settings.heartbeat_timeout_seconds),
+        "SLUICE_PAYLOAD_KEYS": settings.payload_keys or "",
     }
     with open(log, "wb") as output:  # the child keeps its own descriptor
         return subprocess.Popen(

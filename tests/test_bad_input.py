@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import subprocess
@@ -225,6 +226,10 @@ async def test_one_run_of_a_connection_at_a_time(
     settings = make_settings(items_connection(connector, tmp_path / "w.duckdb"))
     await run_worker(settings)
     first = await start_sync(client, settings, SyncRequest(connection_id="items"))
+    for _ in range(100):  # the first run holds the connection once it planned
+        if await first.query(SyncConnectionWorkflow.phase) == "syncing":
+            break
+        await asyncio.sleep(0.1)
     # A second run that is not the first's workflow id (a schedule's, a replay's).
     second = await client.start_workflow(
         SyncConnectionWorkflow.run,

@@ -167,7 +167,11 @@ async def _purge_progress(handle: Any) -> int:
     description = await handle.describe()
     for pending in description.raw_description.pending_activities:
         if pending.activity_type.name == "purge_staging" and pending.heartbeat_details.payloads:
-            return int(json.loads(pending.heartbeat_details.payloads[0].data))
+            # Heartbeat details are payloads like any other: encrypted.
+            (deleted,) = await handle._client.data_converter.decode(
+                pending.heartbeat_details.payloads
+            )
+            return int(deleted)
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -13,12 +12,15 @@ from typing import Any
 
 import duckdb
 import pytest
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from purge.scrub import MIN_FREE_TEXT_LENGTH, state_leaf_values
+from tests.conftest import PAYLOAD_KEYS
 from workers.cli import start_sync
+from workers.codec import EncryptionCodec, data_converter, parse_keys
 from workers.settings import Settings
 from workflows.models import SyncRequest, SyncSummary
 from workflows.sync import SyncConnectionWorkflow
@@ -115,19 +117,23 @@ def emitted_by_source(faker: str, tmp_path: Path) -> Counter[str]:
     return counts
 
 
-def decoded_history(history_json: str) -> str:
-    """The workflow history with every payload decoded, so values inside them are searchable."""
+async def decrypted_history(history_json: str) -> str:
+    """The workflow history with every payload decrypted and decoded: what the payloads say
+    before encryption must be metadata only too."""
+    codec = EncryptionCodec(parse_keys(PAYLOAD_KEYS))
 
-    def walk(node: Any) -> Any:
+    async def walk(node: Any) -> Any:
         if isinstance(node, dict):
             if "data" in node and "metadata" in node and isinstance(node["data"], str):
-                return base64.b64decode(node["data"]).decode("utf-8", "replace")
-            return {k: walk(v) for k, v in node.items()}
+                payload = json_format.ParseDict(node, Payload())
+                (plain,) = await codec.decode([payload])
+                return plain.data.decode("utf-8", "replace")
+            return {k: await walk(v) for k, v in node.items()}
         if isinstance(node, list):
-            return [walk(v) for v in node]
+            return [await walk(v) for v in node]
         return node
 
-    return json.dumps(walk(json.loads(history_json)))
+    return json.dumps(await walk(json.loads(history_json)))
 
 
 def forms(value: str) -> set[str]:
@@ -151,14 +157,16 @@ async def test_faker_twice_full_then_incremental(
 
     summaries: list[SyncSummary] = []
     histories: list[str] = []
-    replayer = Replayer(workflows=[SyncConnectionWorkflow], data_converter=pydantic_data_converter)
+    converter = data_converter(parse_keys(PAYLOAD_KEYS))
+    replayer = Replayer(workflows=[SyncConnectionWorkflow], data_converter=converter)
     for _ in range(2):
         handle = await start_sync(client, settings, SyncRequest(connection_id="faker"))
         summaries.append(await handle.result())
         history = await handle.fetch_history()
         # The workflow code replays its own history: a non-deterministic change fails here.
         await replayer.replay_workflow(history)
-        histories.append(decoded_history(history.to_json()))
+        histories.append(await decrypted_history(history.to_json()))
+        assert SECRET not in history.to_json() and "Faker e2e" not in history.to_json()
     first, second = summaries
 
     # Row counts in DuckDB match what the source emitted.

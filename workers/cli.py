@@ -29,6 +29,7 @@ from purge.stores import UnsupportedStoreError, open_store
 from purge.targets import TargetRefusedError, parse_target
 from workers.airbyte.connector import ConnectorError, ConnectorInstaller
 from workers.client import connect
+from workers.codec import EncryptionCodec, PayloadKeyError, serve_codec
 from workers.connections import ConnectionsFile, ConnectionsFileError, UnknownConnectionError
 from workers.devserver import DevServerError, is_listening, server_command, start_in_background
 from workers.runlog import configure_logging
@@ -303,6 +304,16 @@ def cmd_scrub(_settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_codec_server(settings: Settings, args: argparse.Namespace) -> int:
+    ui = f"http://localhost:{settings.temporal_ui_port}"
+    console.print(
+        f"codec server on http://127.0.0.1:{args.port} for the Temporal UI at {ui}; set it as "
+        "the UI's codec endpoint (or start the dev server with --ui-codec-endpoint)"
+    )
+    serve_codec(EncryptionCodec(settings.payload_key_list()), "127.0.0.1", args.port, ui)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -343,6 +354,10 @@ def _parser() -> argparse.ArgumentParser:
         "key=value pairs are scrubbed whatever the value's length",
     )
     scrub.add_argument("file", nargs="?", help="the raw log; stdin when absent")
+    codec = sub.add_parser(
+        "codec-server", help="decrypt payloads for the Temporal UI (its remote codec endpoint)"
+    )
+    codec.add_argument("--port", type=int, default=8081)
     demo = sub.add_parser(
         "demo", help="start what is missing, sync the example connection twice, show summaries"
     )
@@ -361,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_purge(settings, args)
         if args.command == "scrub":
             return cmd_scrub(settings, args)
+        if args.command == "codec-server":
+            return cmd_codec_server(settings, args)
         command = {
             "worker": cmd_worker,
             "sync": cmd_sync,
@@ -376,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         TargetRefusedError,
         UnsupportedStoreError,
         ScrubInputError,
+        PayloadKeyError,
     ) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         description="attempts of a local sync whose connector failed for a reason other than "
         "its configuration; each resumes from the committed state",
     )
+    payload_keys: str | None = Field(
+        default=None,
+        description="AES-256 keys of the payload codec, ID:BASE64,... newest first (every "
+        "worker and client of a cluster needs them); default: a key kept in the state dir",
+    )
     heartbeat_timeout_seconds: float = Field(
         default=60, gt=0, description="How long a silent activity may go before it is retried."
     )
@@ -145,6 +150,11 @@ class Settings(BaseSettings):
     @property
     def resolved_staging_uri(self) -> str:
         return self.staging_uri or (self.state_path / "staging").as_uri() + "/"
+
+    def payload_key_list(self) -> list[tuple[str, bytes]]:
+        from workers.codec import local_key_spec, parse_keys
+
+        return parse_keys(self.payload_keys or local_key_spec(self.state_path / "payload-keys"))
 
     @property
     def connectors_dir(self) -> Path:
