@@ -56,7 +56,7 @@ if str(REPO) not in sys.path:
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
-from workers.client import connect  # noqa: E402
+from workers.client import connect, has_worker  # noqa: E402
 from workers.devserver import is_listening, temporal_cli  # noqa: E402
 from workers.settings import Settings  # noqa: E402
 from workflows.models import SyncRequest, SyncSummary  # noqa: E402
@@ -540,32 +540,6 @@ def _stop(process: subprocess.Popen[Any], timeout: float) -> None:
             process.wait()
 
 
-async def connect_with_retry(settings: Settings, seconds: float = 60) -> Client:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return await connect(settings)
-        except RuntimeError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
-async def _has_poller(client: Client, settings: Settings) -> bool:
-    from temporalio.api.enums.v1 import TaskQueueType
-    from temporalio.api.taskqueue.v1 import TaskQueue
-    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-
-    response = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=settings.temporal_namespace,
-            task_queue=TaskQueue(name=settings.task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
-    )
-    return len(response.pollers) > 0
-
-
 class WorkerProcess:
     """``build_worker`` in a child process (this file, ``--worker-child``)."""
 
@@ -605,7 +579,7 @@ class WorkerProcess:
 
     async def wait_polling(self, client: Client, seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds
-        while not await _has_poller(client, self.settings):
+        while not await has_worker(client, self.settings):
             if self.process.poll() is not None:
                 raise SystemExit(
                     f"the worker exited with code {self.process.returncode}; see {self.log_path}"
@@ -749,7 +723,7 @@ async def worker_child(args: argparse.Namespace) -> int:
         # build_worker makes its activity executor from this module-level name.
         worker_module.ThreadPoolExecutor = _ProfilingExecutor  # type: ignore[misc]
         loop_profile = cProfile.Profile()
-    client = await connect_with_retry(settings)
+    client = await connect(settings, wait_seconds=60)
     worker = worker_module.build_worker(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -858,7 +832,7 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
             temporal_address=server.address,
             task_queue=f"bench-{uuid.uuid4().hex[:8]}",
         )
-        client = await connect_with_retry(settings)
+        client = await connect(settings, wait_seconds=60)
         server_pid = server.process.pid
         _say(f"Temporal dev server on {server.address} (pid {server_pid})")
         worker = WorkerProcess(settings, workdir, None)

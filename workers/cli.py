@@ -16,9 +16,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -28,7 +25,7 @@ from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
 from purge.stores import UnsupportedStoreError, open_store
 from purge.targets import TargetRefusedError, parse_target
 from workers.airbyte.connector import ConnectorError, ConnectorInstaller
-from workers.client import connect
+from workers.client import connect, has_worker
 from workers.codec import EncryptionCodec, PayloadKeyError, serve_codec
 from workers.connections import ConnectionsFile, ConnectionsFileError, UnknownConnectionError
 from workers.devserver import DevServerError, is_listening, server_command, start_in_background
@@ -51,31 +48,9 @@ def _ui_url(settings: Settings, workflow_id: str | None = None) -> str:
     return f"{base}/workflows/{workflow_id}" if workflow_id else f"{base}/workflows"
 
 
-async def _connect(settings: Settings, attempts: int = 30) -> Client:
-    for attempt in range(attempts):
-        try:
-            return await connect(settings)
-        except RuntimeError:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(1)
-    raise AssertionError("unreachable")
-
-
-async def _has_worker(client: Client, settings: Settings) -> bool:
-    response = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=settings.temporal_namespace,
-            task_queue=TaskQueue(name=settings.task_queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
-    )
-    return len(response.pollers) > 0
-
-
 @contextlib.asynccontextmanager
 async def _worker_unless_running(client: Client, settings: Settings) -> AsyncIterator[None]:
-    if await _has_worker(client, settings):
+    if await has_worker(client, settings):
         console.print(f"[green]✓[/] a worker is polling task queue {settings.task_queue!r}")
         yield
         return
@@ -152,7 +127,7 @@ def cmd_server(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 async def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
-    client = await _connect(settings)
+    client = await connect(settings, wait_seconds=30)
     worker = build_worker(client, settings)
     console.print(f"worker polling {settings.task_queue!r} on {settings.temporal_address}")
     await worker.run()
@@ -162,7 +137,7 @@ async def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
 async def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
     request = SyncRequest(connection_id=args.connection, reset=args.reset, streams=args.stream)
     ConnectionsFile.load(settings.connections_file).get(request.connection_id)
-    client = await _connect(settings, attempts=3)
+    client = await connect(settings, wait_seconds=3)
     handle = await start_sync(client, settings, request)
     console.print(f"started {handle.id}: {_ui_url(settings, handle.id)}")
     if not args.wait:
@@ -191,7 +166,7 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             f"[green]✓[/] started the Temporal dev server at {settings.temporal_address} "
             f"(state in {settings.temporal_db}; log in {settings.state_path / 'temporal.log'})"
         )
-    client = await _connect(settings)
+    client = await connect(settings, wait_seconds=30)
     async with _worker_unless_running(client, settings):
         for number, (label, reset) in enumerate(
             [("full sync", True), ("incremental sync", False)], start=1
@@ -252,7 +227,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_schedules(settings: Settings, _args: argparse.Namespace) -> int:
     connections = ConnectionsFile.load(settings.connections_file)
-    client = await _connect(settings, attempts=3)
+    client = await connect(settings, wait_seconds=3)
     for schedule_id in await apply_schedules(client, settings, connections):
         out.print(schedule_id)
     return 0

@@ -36,19 +36,14 @@ class SweepActivities:
         outcome = SweepOutcome()
         with Heartbeater(0).running() as heartbeater:
             for row in self.store.retained_logs_before(cutoff):
-                receipt = purge_prefix(
+                if self._purge(
                     self.log_store,
                     run_prefix(row["connection_id"], row["run_id"]),
-                    receipt_id=f"sweep-logs-{row['run_id']}",
-                )
-                self.store.record_receipt(receipt, row["run_id"])
-                outcome.receipt_ids.append(receipt.receipt_id)
-                outcome.objects_deleted += receipt.objects_deleted
-                if receipt.verified_empty:
+                    f"sweep-logs-{row['run_id']}",
+                    row["run_id"],
+                    outcome,
+                ):
                     self.store.forget_retained_logs(row["run_id"])
-                    outcome.runs += 1
-                else:
-                    outcome.failures.append(f"{row['run_id']}: {receipt.remaining} objects left")
                 heartbeater.update(outcome.runs)
         log.info("retained logs swept", runs=outcome.runs, objects=outcome.objects_deleted)
         return outcome
@@ -79,19 +74,28 @@ class SweepActivities:
         except TargetRefusedError as exc:
             outcome.failures.append(f"{row['run_id']}: {exc}")
             return
-        receipt = purge_prefix(
+        if self._purge(
             open_store(target.store_uri, store_options(self.settings)),
             target.prefix,
-            receipt_id=f"sweep-staging-{row['run_id']}",
-        )
-        self.store.record_receipt(receipt, row["run_id"])
+            f"sweep-staging-{row['run_id']}",
+            row["run_id"],
+            outcome,
+        ):
+            self.store.mark_staging_swept(row["run_id"])
+
+    def _purge(
+        self, store: StagingStore, prefix: str, receipt_id: str, run_id: str, outcome: SweepOutcome
+    ) -> bool:
+        """Purge one run's prefix, keep the receipt, count it; True when verified empty."""
+        receipt = purge_prefix(store, prefix, receipt_id=receipt_id)
+        self.store.record_receipt(receipt, run_id)
         outcome.receipt_ids.append(receipt.receipt_id)
         outcome.objects_deleted += receipt.objects_deleted
         if receipt.verified_empty:
-            self.store.mark_staging_swept(row["run_id"])
             outcome.runs += 1
         else:
-            outcome.failures.append(f"{row['run_id']}: {receipt.remaining} objects left")
+            outcome.failures.append(f"{run_id}: {receipt.remaining} objects left")
+        return receipt.verified_empty
 
     def all(self) -> list[Any]:
         return [self.sweep_retained_logs, self.sweep_failed_staging]

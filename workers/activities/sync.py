@@ -27,7 +27,6 @@ from workers.airbyte.connector import (
     ConnectorInstaller,
     ConnectorNotFoundError,
 )
-from workers.airbyte.destination import DuckDBDestination
 from workers.airbyte.local import LocalSync, SyncConfigError, SyncProgress
 from workers.connections import (
     AirbyteConnection,
@@ -261,15 +260,9 @@ class SyncActivities:
         self, connection: Connection, config: dict[str, Any], sync: LocalSync | None
     ) -> LogScrubber:
         """A scrubber for one attempt: the state before and after it, the connector's secrets."""
-        states: list[Any] = [*sync.before_state, *sync.seen_states] if sync else []
-        if connection.destination.path.exists():
-            try:
-                with DuckDBDestination(
-                    connection.destination.path, connection.id, self.settings.duckdb_memory_limit
-                ) as destination:
-                    states.extend(destination.committed_state())
-            except Exception as exc:  # the log must still be scrubbed and kept
-                log.warning("committed state unreadable", error=type(exc).__name__)
+        states: list[Any] = (
+            [*sync.before_state, *sync.seen_states, *sync.after_state] if sync else []
+        )
         cursor_fields = {f for s in connection.streams for f in s.cursor_field}
         if sync is not None:
             cursor_fields |= sync.cursor_fields  # the source's own defaults too

@@ -480,12 +480,3 @@ def failure_summary(job_info: dict[str, Any]) -> str | None:
         for f in summary.get("failures") or []
     ]
     return "; ".join(messages) or None
-
-
-def state_blobs(connection_state: dict[str, Any]) -> list[Any]:
-    """The parts of a Config API ConnectionState that hold values (for the scrubber)."""
-    blobs: list[Any] = []
-    for key in ("streamState", "globalState", "state"):
-        if connection_state.get(key) is not None:
-            blobs.append(connection_state[key])
-    return blobs

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
+import duckdb
 import structlog
 from airbyte_protocol.models import AirbyteMessage, TraceType, Type
 from pydantic import BaseModel, Field, ValidationError
@@ -223,6 +224,7 @@ class LocalSync:
         # Every state the connector emitted this attempt: intermediate cursor values are in
         # its log too, and only the last of them is committed.
         self.seen_states: list[dict[str, Any]] = []
+        self.after_state: list[dict[str, Any]] = []
         self.cursor_fields: set[str] = set()
         self._reset = False
         self._declared_streams: list[str] = [s.name for s in connection.streams]
@@ -333,7 +335,8 @@ class LocalSync:
         only: list[str] | None,
         resume: SyncProgress | None,
     ) -> SyncOutcome:
-        """One attempt. `before_state` holds the state it started from, once read."""
+        """One attempt. Afterwards, on failure too, `before_state`, `seen_states` and
+        `after_state` hold every state whose values the attempt's log may print."""
         progress = SyncProgress(attempt=attempt)
         try:
             with (
@@ -344,7 +347,11 @@ class LocalSync:
                     self._duckdb_memory_limit,
                 ) as destination,
             ):
-                return self._run(destination, run_log, progress, reset, only, resume)
+                try:
+                    return self._run(destination, run_log, progress, reset, only, resume)
+                finally:
+                    with contextlib.suppress(duckdb.Error):
+                        self.after_state = destination.committed_state()
         except ConnectorError as exc:
             run_log.write("sluice", "error", f"run failed: {exc}")
             raise
