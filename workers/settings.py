@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     task_queue: str = "sluice"
     temporal_ui_port: int = 8233
+    temporal_ui_url: str = Field(
+        default="http://localhost:8233",
+        description="The Temporal UI that printed links point at (e.g. a cluster's UI).",
+    )
     metadata_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the metadata store; default: SQLite in the state dir.",
@@ -123,8 +127,20 @@ class Settings(BaseSettings):
     )
     airbyte_poll_seconds: float = Field(default=10, gt=0, le=300)
     airbyte_timeout_seconds: float = Field(default=30, gt=0)
-    airbyte_job_timeout_hours: float = Field(
-        default=24, gt=0, description="a job still running after this is cancelled"
+    job_timeout_hours: float = Field(
+        default=24,
+        gt=0,
+        validation_alias=AliasChoices(
+            "SLUICE_JOB_TIMEOUT_HOURS", "SLUICE_AIRBYTE_JOB_TIMEOUT_HOURS"
+        ),
+        description="bounds a run's sync across all its attempts: when it passes, the connector "
+        "is stopped or the Airbyte job cancelled, and the run ends timed_out",
+    )
+    lock_ttl_minutes: float = Field(
+        default=10,
+        gt=0,
+        description="a run renews its connection's lock while it lives; a lock not renewed for "
+        "this long is free",
     )
 
     @field_validator("purge_allow", mode="before")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from purge.stores import open_store
 from workers.activities.airbyte import AirbyteActivities
+from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
 from workers.activities.sweep import SweepActivities
 from workers.activities.sync import SyncActivities
 from workers.airbyte.connector import ConnectorInstaller
@@ -22,21 +25,30 @@ from workflows.sync import SyncConnectionWorkflow
 
 
 def build_worker(client: Client, settings: Settings) -> Worker:
+    """Called from the event loop the worker will run on: activity threads reach Temporal
+    through it."""
     metadata = MetadataStore.from_url(settings.resolved_metadata_url)
     log_store = open_store(settings.resolved_log_store, store_options(settings))
+    locks = ConnectionLocks(
+        metadata,
+        TemporalWorkflowRuns(client, asyncio.get_running_loop()),
+        timedelta(minutes=settings.lock_ttl_minutes),
+    )
     activities = SyncActivities(
         settings=settings,
         store=metadata,
         installer=ConnectorInstaller(settings.connectors_dir),
         log_retention=LogRetention(log_store, metadata),
         environ=os.environ,
+        locks=locks,
     )
-    sweep = SweepActivities(settings=settings, store=metadata, log_store=log_store)
+    sweep = SweepActivities(settings=settings, store=metadata, log_store=log_store, locks=locks)
     airbyte = AirbyteActivities(
         settings=settings,
         store=metadata,
         log_retention=LogRetention(log_store, metadata),
         environ=os.environ,
+        locks=locks,
     )
     return Worker(
         client,

@@ -14,12 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from purge.receipts import PurgeReceipt
 
+RunStatus = Literal["succeeded", "failed", "cancelled", "timed_out"]
+"""How a run ended: every run is recorded with exactly one of these."""
+
 __all__ = [
     "PurgeInput",
     "PurgeReceipt",
     "RecordRunInput",
     "RetainMetadataInput",
     "RunPlan",
+    "RunStatus",
     "RunSyncInput",
     "ScrubOutcome",
     "StreamOutcome",
@@ -101,7 +105,10 @@ class ScrubOutcome(BaseModel):
 
     redactions: dict[str, int]
     lines: int
-    log_uri: str
+    log_uri: str | None = Field(default=None, description="None: the log could not be retained.")
+    retain_error: str | None = Field(
+        default=None, description="Why the scrubbed log could not be written (its kind only)."
+    )
 
 
 class SyncOutcome(BaseModel):
@@ -128,13 +135,19 @@ class PurgeInput(BaseModel):
 class RecordRunInput(BaseModel):
     plan: RunPlan
     workflow_id: str
-    status: Literal["succeeded", "failed"]
+    status: RunStatus
     started_at: datetime
     finished_at: datetime
     outcome: SyncOutcome | None = None
     scrub: ScrubOutcome | None = None
     receipt: PurgeReceipt | None = None
     error: str | None = Field(default=None, description="Scrubbed failure message.")
+    committed: bool = Field(
+        default=False, description="The sync committed: kept staging holds nothing to replay."
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="What went wrong after the commit without undoing it."
+    )
 
 
 class SyncSummary(BaseModel):
@@ -142,7 +155,7 @@ class SyncSummary(BaseModel):
 
     connection_id: str
     run_id: str
-    status: Literal["succeeded", "failed"]
+    status: RunStatus
     records: dict[str, int]
     bytes_staged: int
     incremental: bool
@@ -152,6 +165,7 @@ class SyncSummary(BaseModel):
     verified_empty: bool
     log_uri: str | None
     duration_seconds: float
+    warnings: list[str] = Field(default_factory=list)
 
 
 class SweepRequest(BaseModel):
@@ -168,6 +182,10 @@ class SweepOutcome(BaseModel):
     objects_deleted: int = 0
     receipt_ids: list[str] = Field(default_factory=list)
     failures: list[str] = Field(default_factory=list, description="run id: why it was kept")
+    runs_finished: list[str] = Field(
+        default_factory=list,
+        description="Runs whose workflow ended without recording them, recorded by the sweep.",
+    )
 
 
 class SweepSummary(BaseModel):

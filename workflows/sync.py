@@ -1,19 +1,33 @@
 """SyncConnectionWorkflow: sync (scrubbing its logs) -> retain metadata -> purge -> receipt.
 
 Deterministic orchestration only. Purge follows commit: the purge activity is reached only after
-the sync committed (local backend) or Airbyte reported the job succeeded (Airbyte backend). A
-failed sync keeps its staging (for replay) but still has its logs scrubbed and retained and its
-run recorded.
+the sync committed (local backend) or Airbyte reported the job succeeded (Airbyte backend).
+
+Every run that got past its plan ends in one recorded state (succeeded, failed, cancelled,
+timed_out), whatever happens: the record is written, and the connection's lock given back, from
+a scope that a cancellation cannot interrupt; staging that was not purged is recorded for the
+sweep. What follows a commit (metadata, purge) never undoes it: it runs to completion even when
+the run is cancelled meanwhile, and metadata that cannot be looked up is only a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    TimeoutError,
+    TimeoutType,
+    is_cancelled_exception,
+)
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -29,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         RecordRunInput,
         RetainMetadataInput,
         RunPlan,
+        RunStatus,
         RunSyncInput,
         ScrubOutcome,
         SyncOutcome,
@@ -43,6 +58,34 @@ _RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
 )
+# Recording the run is what gives the connection back: it keeps trying for a good while (a
+# metadata store restarting). If it never succeeds, the sweep finishes the run from its lock.
+_RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=20,
+)
+
+T = TypeVar("T")
+
+
+class _RunFailed(Exception):
+    """The run failed for a reason this workflow decided (not an activity's own failure)."""
+
+
+@dataclass
+class _RunEnd:
+    """How the run is ending, gathered as it goes; recorded once, at the end."""
+
+    started_at: datetime
+    status: RunStatus = "succeeded"
+    error: str | None = None
+    outcome: SyncOutcome | None = None
+    receipt: PurgeReceipt | None = None
+    committed: bool = False
+    warnings: list[str] = field(default_factory=list)
+    cancel_requested: bool = False
 
 
 def _failure_message(error: BaseException) -> str:
@@ -60,6 +103,14 @@ def _scrub_of_failure(error: ActivityError) -> ScrubOutcome | None:
     return None
 
 
+def _passed_deadline(error: BaseException) -> bool:
+    return (
+        isinstance(error, ActivityError)
+        and isinstance(error.cause, TimeoutError)
+        and error.cause.type == TimeoutType.SCHEDULE_TO_CLOSE
+    )
+
+
 @workflow.defn(name="SyncConnectionWorkflow", failure_exception_types=[ValidationError])
 class SyncConnectionWorkflow:
     def __init__(self) -> None:
@@ -72,8 +123,11 @@ class SyncConnectionWorkflow:
 
     @workflow.run
     async def run(self, request: SyncRequest) -> SyncSummary:
-        started_at = workflow.now()
+        end = _RunEnd(started_at=workflow.now())
         self._phase = "planning"
+        # Before the plan holds the lock there is nothing to record or give back; a plan
+        # cancelled after taking the lock leaves it to the next run or the sweep, which see
+        # that this workflow is no longer running.
         plan: RunPlan = await workflow.execute_activity(
             ActivityName.PLAN_RUN,
             request,
@@ -81,81 +135,137 @@ class SyncConnectionWorkflow:
             start_to_close_timeout=_QUICK,
             retry_policy=_RETRY,
         )
-
         try:
-            return await self._run(plan, request, started_at)
-        except asyncio.CancelledError:
-            # A cancelled run gives its connection back at once, not when the lock expires.
-            release = workflow.execute_activity(
-                ActivityName.RELEASE_CONNECTION,
-                plan,
-                start_to_close_timeout=_QUICK,
-                retry_policy=_RETRY,
-            )
-            await asyncio.shield(asyncio.ensure_future(release))
-            raise
+            await self._run(plan, request, end)
+        except (
+            _RunFailed,
+            ActivityError,
+            ApplicationError,
+            CancelledError,
+            asyncio.CancelledError,
+        ) as err:
+            self._end_with(end, plan, err)
+        if end.cancel_requested and end.status != "cancelled":
+            # Cancelled while what follows the commit ran to completion.
+            end.status = "cancelled"
+        await self._record(plan, end)
+        return self._summary(plan, end)
 
-    async def _run(self, plan: RunPlan, request: SyncRequest, started_at: datetime) -> SyncSummary:
-        if plan.backend == "airbyte":
-            outcome, failure = await self._sync_airbyte(plan)
+    def _end_with(self, end: _RunEnd, plan: RunPlan, error: BaseException) -> None:
+        if isinstance(error, _RunFailed):
+            end.status, end.error = "failed", str(error)
+        elif is_cancelled_exception(error):
+            end.status, end.error = "cancelled", "the run was cancelled"
+        elif _passed_deadline(error):
+            end.status = "timed_out"
+            end.error = f"the sync passed its deadline of {plan.job_timeout_hours:g} h"
         else:
-            outcome, failure = await self._sync_local(plan, request)
+            end.status, end.error = "failed", _failure_message(error)
 
-        receipt: PurgeReceipt | None = None
-        if failure is None:
-            assert outcome is not None
-            self._phase = "retaining metadata"
-            await workflow.execute_activity(
-                ActivityName.AIRBYTE_RETAIN_METADATA
-                if plan.backend == "airbyte"
-                else ActivityName.RETAIN_METADATA,
-                plan
-                if plan.backend == "airbyte"
-                else RetainMetadataInput(plan=plan, streams=outcome.streams),
-                start_to_close_timeout=_QUICK,
-                retry_policy=_RETRY,
+    async def _run(self, plan: RunPlan, request: SyncRequest, end: _RunEnd) -> None:
+        # The deadline bounds the sync across all its attempts, not each attempt.
+        deadline = end.started_at + timedelta(hours=plan.job_timeout_hours)
+        if plan.backend == "airbyte":
+            end.outcome = await self._sync_airbyte(plan, deadline, end)
+        else:
+            end.outcome = await self._sync_local(plan, request, deadline, end)
+        end.committed = True
+
+        self._phase = "retaining metadata"
+        try:
+            await self._to_completion(
+                workflow.execute_activity(
+                    ActivityName.AIRBYTE_RETAIN_METADATA
+                    if plan.backend == "airbyte"
+                    else ActivityName.RETAIN_METADATA,
+                    plan
+                    if plan.backend == "airbyte"
+                    else RetainMetadataInput(plan=plan, streams=end.outcome.streams),
+                    start_to_close_timeout=_QUICK,
+                    retry_policy=_RETRY,
+                ),
+                end,
             )
-            if plan.staging_uri is not None:
-                self._phase = "purging staging"
-                receipt = await workflow.execute_activity(
+        except ActivityError as err:
+            end.warnings.append(f"metadata not retained: {_failure_message(err)}")
+
+        if plan.staging_uri is None:
+            return
+        self._phase = "purging staging"
+        try:
+            end.receipt = await self._to_completion(
+                workflow.execute_activity(
                     ActivityName.PURGE_STAGING,
                     PurgeInput(plan=plan),
                     result_type=PurgeReceipt,
                     start_to_close_timeout=timedelta(hours=6),
                     heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
                     retry_policy=_RETRY,
-                )
-                if not receipt.verified_empty:
-                    failure = "purge verification found objects left under the staging prefix"
+                ),
+                end,
+            )
+        except ActivityError as err:
+            raise _RunFailed(f"purge failed: {_failure_message(err)}") from None
+        if not end.receipt.verified_empty:
+            raise _RunFailed("purge verification found objects left under the staging prefix")
 
+    async def _to_completion(self, operation: Awaitable[T], end: _RunEnd) -> T:
+        """Await an activity that a cancellation of the run must not interrupt; the
+        cancellation is noted, and the run ends cancelled once the activity is done."""
+        task = asyncio.ensure_future(operation)
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.cancelled():
+                    raise
+                end.cancel_requested = True
+
+    async def _record(self, plan: RunPlan, end: _RunEnd) -> None:
         self._phase = "writing receipt"
-        finished_at = workflow.now()
-        scrub = outcome.scrub if outcome else None
-        await workflow.execute_activity(
-            ActivityName.RECORD_RUN,
-            RecordRunInput(
-                plan=plan,
-                workflow_id=workflow.info().workflow_id,
-                status="failed" if failure else "succeeded",
-                started_at=started_at,
-                finished_at=finished_at,
-                outcome=outcome,
-                scrub=scrub,
-                receipt=receipt,
-                error=failure,
+        kept = end.receipt is None or not end.receipt.verified_empty
+        await self._to_completion(
+            workflow.execute_activity(
+                ActivityName.RECORD_RUN,
+                RecordRunInput(
+                    plan=plan,
+                    workflow_id=workflow.info().workflow_id,
+                    status=end.status,
+                    started_at=end.started_at,
+                    finished_at=workflow.now(),
+                    outcome=end.outcome,
+                    scrub=end.outcome.scrub if end.outcome else None,
+                    receipt=end.receipt,
+                    error=end.error,
+                    committed=end.committed and kept,
+                    warnings=end.warnings,
+                ),
+                start_to_close_timeout=_QUICK,
+                retry_policy=_RECORD_RETRY,
             ),
-            start_to_close_timeout=_QUICK,
-            retry_policy=_RETRY,
+            end,
         )
-        if failure is not None:
-            self._phase = "failed"
+        self._phase = end.status
+
+    def _summary(self, plan: RunPlan, end: _RunEnd) -> SyncSummary:
+        if end.status == "cancelled":
+            # Raised only now, so that the workflow ends CANCELED after it was recorded.
+            raise CancelledError(f"sync of connection {plan.connection_id!r} cancelled")
+        if end.status == "timed_out":
             raise ApplicationError(
-                f"sync of connection {plan.connection_id!r} failed: {failure}",
+                f"sync of connection {plan.connection_id!r} timed out: {end.error}",
+                type="SyncTimedOut",
+                non_retryable=True,
+            )
+        if end.status == "failed":
+            raise ApplicationError(
+                f"sync of connection {plan.connection_id!r} failed: {end.error}",
                 type="SyncFailed",
                 non_retryable=True,
             )
+        outcome, receipt = end.outcome, end.receipt
         assert outcome is not None
-        self._phase = "succeeded"
+        scrub = outcome.scrub
         return SyncSummary(
             connection_id=plan.connection_id,
             run_id=plan.run_id,
@@ -168,19 +278,20 @@ class SyncConnectionWorkflow:
             receipt_id=receipt.receipt_id if receipt else None,
             verified_empty=receipt.verified_empty if receipt else True,
             log_uri=scrub.log_uri if scrub else None,
-            duration_seconds=(finished_at - started_at).total_seconds(),
+            duration_seconds=(workflow.now() - end.started_at).total_seconds(),
+            warnings=end.warnings,
         )
 
     async def _sync_local(
-        self, plan: RunPlan, request: SyncRequest
-    ) -> tuple[SyncOutcome | None, str | None]:
+        self, plan: RunPlan, request: SyncRequest, deadline: datetime, end: _RunEnd
+    ) -> SyncOutcome:
         self._phase = "syncing"
         try:
-            outcome = await workflow.execute_activity(
+            return await workflow.execute_activity(
                 ActivityName.RUN_SYNC,
                 RunSyncInput(plan=plan, reset=request.reset),
                 result_type=SyncOutcome,
-                start_to_close_timeout=timedelta(hours=plan.job_timeout_hours),
+                schedule_to_close_timeout=_remaining(deadline),
                 heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(seconds=5), maximum_attempts=plan.sync_attempts
@@ -191,22 +302,19 @@ class SyncConnectionWorkflow:
             )
         except ActivityError as err:
             scrub = _scrub_of_failure(err)
-            failed = SyncOutcome(run_id=plan.run_id, streams=[], scrub=scrub) if scrub else None
-            return failed, _failure_message(err)
-        return outcome, None
+            if scrub is not None:
+                end.outcome = SyncOutcome(run_id=plan.run_id, streams=[], scrub=scrub)
+            raise
 
-    async def _sync_airbyte(self, plan: RunPlan) -> tuple[SyncOutcome | None, str | None]:
+    async def _sync_airbyte(self, plan: RunPlan, deadline: datetime, end: _RunEnd) -> SyncOutcome:
         self._phase = "starting Airbyte job"
-        try:
-            job: AirbyteJobRef = await workflow.execute_activity(
-                ActivityName.AIRBYTE_START_JOB,
-                plan,
-                result_type=AirbyteJobRef,
-                start_to_close_timeout=timedelta(minutes=5),
-                retry_policy=_RETRY,
-            )
-        except ActivityError as err:
-            return None, _failure_message(err)
+        job: AirbyteJobRef = await workflow.execute_activity(
+            ActivityName.AIRBYTE_START_JOB,
+            plan,
+            result_type=AirbyteJobRef,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=_RETRY,
+        )
         # From here the job id is in the workflow's history: whatever happens to a worker, no
         # second job is started, and the job is never left running behind a cancelled run.
         self._phase = f"waiting for Airbyte job {job.job_id}"
@@ -216,7 +324,7 @@ class SyncConnectionWorkflow:
                 ActivityName.AIRBYTE_WAIT_JOB,
                 job_input,
                 result_type=AirbyteJobOutcome,
-                start_to_close_timeout=timedelta(hours=plan.job_timeout_hours),
+                schedule_to_close_timeout=_remaining(deadline),
                 heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(seconds=2),
@@ -224,31 +332,35 @@ class SyncConnectionWorkflow:
                     maximum_attempts=20,
                 ),
             )
-        except asyncio.CancelledError:
-            await self._cancel_job(job_input)
+        except (ActivityError, asyncio.CancelledError):
+            # Cancelled, past the deadline, retries spent, or a non-retryable answer: we stop
+            # watching the job, so it must not go on unwatched.
+            await self._cancel_job(job_input, end)
             raise
-        except ActivityError as err:
-            # Timed out, retries spent, or a non-retryable answer: we stop watching the job, so
-            # it must not go on unwatched.
-            await self._cancel_job(job_input)
-            return None, _failure_message(err)
         if result.status != "succeeded":
-            return result.sync, (
+            end.outcome = result.sync
+            raise _RunFailed(
                 f"Airbyte job {job.job_id} {result.status}: {result.failure or 'no summary'}"
             )
-        return result.sync, None
+        return result.sync
 
-    async def _cancel_job(self, job_input: AirbyteJobInput) -> None:
+    async def _cancel_job(self, job_input: AirbyteJobInput, end: _RunEnd) -> None:
         """Cancel the Airbyte job, even when this run itself is being cancelled."""
         self._phase = f"cancelling Airbyte job {job_input.job_id}"
-        cancel = workflow.execute_activity(
-            ActivityName.AIRBYTE_CANCEL_JOB,
-            job_input,
-            start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=_RETRY,
-        )
         try:
-            # Shielded: a cancellation of this run must not cancel the cancelling.
-            await asyncio.shield(asyncio.ensure_future(cancel))
+            await self._to_completion(
+                workflow.execute_activity(
+                    ActivityName.AIRBYTE_CANCEL_JOB,
+                    job_input,
+                    start_to_close_timeout=timedelta(minutes=5),
+                    retry_policy=_RETRY,
+                ),
+                end,
+            )
         except ActivityError as err:
+            end.warnings.append(f"could not cancel Airbyte job: {_failure_message(err)}")
             workflow.logger.warning("could not cancel Airbyte job: %s", _failure_message(err))
+
+
+def _remaining(deadline: datetime) -> timedelta:
+    return max(deadline - workflow.now(), timedelta(seconds=1))

@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from purge.scrub import LogScrubber, state_leaf_values
+from workers.activities.locks import ConnectionLocks
 from workers.activities.sync import load_connection
 from workers.airbyte.api import (
     AirbyteApiError,
@@ -68,12 +69,14 @@ class AirbyteActivities:
         store: MetadataStore,
         log_retention: LogRetention,
         environ: Mapping[str, str],
+        locks: ConnectionLocks,
         client_factory: Callable[[], AirbyteClient] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.log_retention = log_retention
         self.environ = environ
+        self.locks = locks
         self._client_factory = client_factory or (lambda: AirbyteClient(airbyte_server(settings)))
 
     @contextlib.asynccontextmanager
@@ -123,10 +126,12 @@ class AirbyteActivities:
         timeout = activity.info().heartbeat_timeout
         beat = min(5.0, timeout.total_seconds() / 3) if timeout else 5.0
         status = "unknown"
+        renew_lock = self.locks.renewer(plan.connection_id, plan.run_id)
 
         async def heartbeat() -> None:
             while True:
                 activity.heartbeat(status)
+                await asyncio.to_thread(renew_lock)
                 await asyncio.sleep(beat)
 
         beating = asyncio.create_task(heartbeat())

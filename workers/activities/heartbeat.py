@@ -22,10 +22,12 @@ class Heartbeater:
         details: Any = None,
         interval: float | None = None,
         on_cancel: Callable[[], None] | None = None,
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self.details = details
         self._interval = interval
         self._on_cancel = on_cancel
+        self._on_beat = on_beat
         self._stop = threading.Event()
 
     def update(self, details: Any) -> None:
@@ -34,6 +36,8 @@ class Heartbeater:
     def _beat(self, interval: float) -> None:
         while not self._stop.wait(interval):
             self.send()
+            if self._on_beat is not None:
+                self._on_beat()
             # Cancellation reaches a synchronous activity through heartbeats: act on it here,
             # since the work itself may be blocked (a connector that prints nothing).
             if self._on_cancel is not None and activity.is_cancelled():

@@ -12,6 +12,7 @@ from purge.purge import purge_prefix
 from purge.stores import StagingStore, open_store
 from purge.targets import TargetRefusedError, parse_target
 from workers.activities.heartbeat import Heartbeater
+from workers.activities.locks import ConnectionLocks
 from workers.connections import ConnectionsFile, ConnectionsFileError
 from workers.retained_logs import run_prefix
 from workers.settings import Settings
@@ -23,10 +24,17 @@ log = structlog.get_logger(__name__)
 
 
 class SweepActivities:
-    def __init__(self, settings: Settings, store: MetadataStore, log_store: StagingStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MetadataStore,
+        log_store: StagingStore,
+        locks: ConnectionLocks,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.log_store = log_store
+        self.locks = locks
 
     @activity.defn(name=ActivityName.SWEEP_RETAINED_LOGS, no_thread_cancel_exception=True)
     def sweep_retained_logs(self, request: SweepRequest) -> SweepOutcome:
@@ -50,7 +58,18 @@ class SweepActivities:
 
     @activity.defn(name=ActivityName.SWEEP_FAILED_STAGING, no_thread_cancel_exception=True)
     def sweep_failed_staging(self, request: SweepRequest) -> SweepOutcome:
-        """Purge the staging that failed runs kept for replay, once it outlived its TTL."""
+        """Finish the runs whose workflow ended without recording them (their staging is then
+        kept like a failed run's), then purge the staging that ended runs kept: a committed
+        run's at once, an uncommitted run's once it outlived its TTL."""
+        outcome = SweepOutcome()
+        for abandoned in self.locks.finish_abandoned():
+            log.warning(
+                "abandoned run finished",
+                connection=abandoned.connection_id,
+                run_id=abandoned.run_id,
+                reason=abandoned.reason,
+            )
+            outcome.runs_finished.append(abandoned.run_id)
         days = request.failed_staging_ttl_days or self.settings.failed_staging_ttl_days
         cutoff = datetime.now(UTC) - timedelta(days=days)
         try:
@@ -60,12 +79,11 @@ class SweepActivities:
         except ConnectionsFileError:
             connections = None
         allow = purge_allow_list(self.settings, connections)
-        outcome = SweepOutcome()
         with Heartbeater(0).running() as heartbeater:
-            for row in self.store.failed_runs_with_staging_before(cutoff):
+            for row in self.store.kept_staging_to_sweep(cutoff):
                 self._sweep_run(row, allow, outcome)
                 heartbeater.update(outcome.runs)
-        log.info("failed staging swept", runs=outcome.runs, objects=outcome.objects_deleted)
+        log.info("kept staging swept", runs=outcome.runs, objects=outcome.objects_deleted)
         return outcome
 
     def _sweep_run(self, row: dict[str, Any], allow: list[str], outcome: SweepOutcome) -> None:

@@ -7,8 +7,8 @@ connection and what was wrong.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -21,6 +21,7 @@ from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
 from purge.stores import open_store
 from purge.targets import TargetRefusedError, parse_target
 from workers.activities.heartbeat import Heartbeater, resume_details
+from workers.activities.locks import ConnectionLocks
 from workers.airbyte.connector import (
     Connector,
     ConnectorError,
@@ -40,7 +41,7 @@ from workers.connections import (
 from workers.retained_logs import LogRetention
 from workers.runlog import RunLog
 from workers.settings import Settings
-from workers.storage import purge_allow_list, store_options
+from workers.storage import store_options
 from workers.store.metadata import MetadataStore
 from workflows.models import (
     ActivityName,
@@ -49,11 +50,15 @@ from workflows.models import (
     RetainMetadataInput,
     RunPlan,
     RunSyncInput,
+    ScrubOutcome,
     SyncOutcome,
     SyncRequest,
 )
 
 log = structlog.get_logger(__name__)
+
+# Pauses between the tries of writing a retained log (the last one before giving up).
+_RETAIN_PAUSES = (0.5, 2.0, 0.0)
 
 
 def _fail(kind: str, message: str) -> ApplicationError:
@@ -79,12 +84,14 @@ class SyncActivities:
         installer: ConnectorInstaller,
         log_retention: LogRetention,
         environ: Mapping[str, str],
+        locks: ConnectionLocks,
     ) -> None:
         self.settings = settings
         self.store = store
         self.installer = installer
         self.log_retention = log_retention
         self.environ = environ
+        self.locks = locks
 
     def _connection(self, connection_id: str) -> Connection:
         """A connection of the local backend."""
@@ -104,22 +111,26 @@ class SyncActivities:
     @activity.defn(name=ActivityName.PLAN_RUN)
     def plan_run(self, request: SyncRequest) -> RunPlan:
         connection = load_connection(self.settings, request.connection_id)
-        run_id = activity.info().workflow_run_id or activity.info().workflow_id
+        info = activity.info()
+        run_id = info.workflow_run_id or info.workflow_id
         timing = {
             "heartbeat_timeout_seconds": self.settings.heartbeat_timeout_seconds,
-            "job_timeout_hours": self.settings.airbyte_job_timeout_hours,
+            "job_timeout_hours": self.settings.job_timeout_hours,
             "sync_attempts": self.settings.sync_attempts,
         }
         plan = self._plan(connection, request, run_id, timing)
-        holder = self.store.lock_connection(
+        holder = self.locks.acquire(
             connection.id,
             run_id,
-            timedelta(hours=self.settings.airbyte_job_timeout_hours + 1),
+            workflow_id=info.workflow_id,
+            # Airbyte stages into one path per connection: never the sweep's to purge.
+            staging_target=plan.staging_target if plan.backend == "local" else None,
         )
         if holder is not None:
             raise _fail(
                 "ConnectionBusy",
-                f"connection {connection.id!r} is already syncing (run {holder}); "
+                f"connection {connection.id!r} is already syncing (run {holder['run_id']}, "
+                f"workflow {holder.get('workflow_id') or 'unknown'}); "
                 "one run of a connection at a time",
             )
         return plan
@@ -186,7 +197,11 @@ class SyncActivities:
             if sync is not None:
                 sync.connector.terminate()
 
-        heartbeater = Heartbeater(resume, on_cancel=stop_connector)
+        heartbeater = Heartbeater(
+            resume,
+            on_cancel=stop_connector,
+            on_beat=self.locks.renewer(plan.connection_id, plan.run_id),
+        )
         failure: ApplicationError | None = None
         outcome: SyncOutcome | None = None
         with RunLog() as run_log, heartbeater.running():
@@ -236,13 +251,7 @@ class SyncActivities:
             finally:
                 structlog.contextvars.unbind_contextvars("connection", "run_id", "activity")
                 scrubber = self._scrubber(connection, config, sync)
-                scrub = self.log_retention.retain(
-                    connection_id=plan.connection_id,
-                    run_id=plan.run_id,
-                    attempt=attempt,
-                    lines=run_log.read(),
-                    scrubber=scrubber,
-                )
+                scrub = self._retain_log(plan, attempt, run_log, scrubber)
         if activity.is_cancelled():
             raise CancelledError("sync cancelled; its log was scrubbed and retained")
         if failure is not None:
@@ -255,6 +264,35 @@ class SyncActivities:
             )
         assert outcome is not None
         return outcome.model_copy(update={"scrub": scrub})
+
+    def _retain_log(
+        self, plan: RunPlan, attempt: int, run_log: RunLog, scrubber: LogScrubber
+    ) -> ScrubOutcome:
+        """Scrub and retain the attempt's log, retrying a failed write a few times. A log that
+        cannot be retained is reported in the run, and never turns a committed sync into a
+        failed one."""
+        error: Exception | None = None
+        for pause in _RETAIN_PAUSES:
+            try:
+                return self.log_retention.retain(
+                    connection_id=plan.connection_id,
+                    run_id=plan.run_id,
+                    attempt=attempt,
+                    lines=run_log.read(),
+                    scrubber=scrubber,
+                )
+            except Exception as exc:
+                error = exc
+                log.warning("retained log not written", attempt=attempt, error=type(exc).__name__)
+                time.sleep(pause)
+        assert error is not None
+        # Only the kind: the text of a storage error may quote a path or a line.
+        return ScrubOutcome(
+            redactions=scrubber.counts,
+            lines=0,
+            retain_error=f"{type(error).__name__} writing the scrubbed log (after "
+            f"{len(_RETAIN_PAUSES)} tries)",
+        )
 
     def _scrubber(
         self, connection: Connection, config: dict[str, Any], sync: LocalSync | None
@@ -313,18 +351,23 @@ class SyncActivities:
         if existing is not None and existing.verified_empty:
             # A retry after the receipt was written: never a second receipt.
             return existing
-        connections = ConnectionsFile.load(self.settings.connections_file)
+        # The plan carries what the purge needs: the run's staging root is a root the
+        # connections file named when the run was planned, so a file edited or broken since
+        # never stops the purge of data that was already committed.
+        roots = [plan.staging_uri] if plan.staging_uri else []
         try:
             target = parse_target(
                 (plan.staging_uri or "") + plan.staging_prefix,
-                purge_allow_list(self.settings, connections),
+                [*roots, *self.settings.purge_allow],
             )
         except TargetRefusedError as exc:
             raise _fail("PurgeRefused", str(exc)) from None
         # A retry after a worker died mid-purge lists what is left and deletes it; the counts
         # of the interrupted attempt come from its heartbeats.
         before = int(resume_details() or 0)
-        heartbeater = Heartbeater(before)
+        heartbeater = Heartbeater(
+            before, on_beat=self.locks.renewer(plan.connection_id, plan.run_id)
+        )
         with heartbeater.running():
             receipt = purge_prefix(
                 open_store(target.store_uri, store_options(self.settings)),
@@ -354,12 +397,15 @@ class SyncActivities:
 
     @activity.defn(name=ActivityName.RECORD_RUN)
     def record_run(self, request: RecordRunInput) -> None:
-        outcome = request.outcome
+        """Record how the run ended and give its connection back (in that order: a run is
+        never unlocked unrecorded)."""
+        plan, outcome, receipt = request.plan, request.outcome, request.receipt
         records = {s.name: s.records for s in outcome.streams} if outcome else {}
+        purged = receipt is not None and receipt.verified_empty
         self.store.record_run(
             {
-                "run_id": request.plan.run_id,
-                "connection_id": request.plan.connection_id,
+                "run_id": plan.run_id,
+                "connection_id": plan.connection_id,
                 "workflow_id": request.workflow_id,
                 "status": request.status,
                 "started_at": request.started_at,
@@ -370,16 +416,19 @@ class SyncActivities:
                 "records_by_stream": records,
                 "bytes_staged": outcome.bytes_staged if outcome else 0,
                 "redactions": request.scrub.redactions if request.scrub else {},
-                "receipt_id": request.receipt.receipt_id if request.receipt else None,
+                "receipt_id": receipt.receipt_id if receipt else None,
                 "error": request.error,
-                # Airbyte stages into one path per connection, not per run: the next successful
-                # job's purge covers a failed one's files, and a sweep could hit a live job's.
+                # Staging that was not purged is left for the sweep. Airbyte stages into one
+                # path per connection, not per run: the next successful job's purge covers a
+                # failed one's files, and a sweep could hit a live job's.
                 "staging_target": None
-                if request.plan.backend == "airbyte"
-                else request.plan.staging_target,
+                if plan.backend == "airbyte" or purged
+                else plan.staging_target,
+                "committed": request.committed,
+                "warnings": request.warnings,
             }
         )
-        self.store.unlock_connection(request.plan.connection_id, request.plan.run_id)
+        self.store.unlock_connection(plan.connection_id, plan.run_id)
 
     def all(self) -> list[Any]:
         return [

@@ -84,6 +84,10 @@ runs = Table(
     Column("error", Text),
     Column("staging_target", Text),
     Column("staging_swept_at", DateTime(timezone=True)),
+    # The run's data reached the destination: its kept staging has nothing left to replay and
+    # is swept at once, not after the failed-staging TTL.
+    Column("committed", Boolean),
+    Column("warnings", JSON),
 )
 
 purge_receipts = Table(
@@ -129,6 +133,11 @@ connection_locks = Table(
     Column("connection_id", String(128), primary_key=True),
     Column("run_id", String(64), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+    # What is needed to finish the run's record if its workflow ends without doing so
+    # (terminated, or its worker gone for good): see `finish_abandoned_run`.
+    Column("workflow_id", String(256)),
+    Column("staging_target", Text),
+    Column("taken_at", DateTime(timezone=True)),
 )
 
 catalogs = Table(
@@ -144,6 +153,15 @@ catalogs = Table(
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _utc_stamp(stamp: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
+
+
+def _utc(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _utc_stamp(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 class MetadataStore:
@@ -317,15 +335,16 @@ class MetadataStore:
         with self.engine.begin() as db:
             db.execute(delete(retained_logs).where(retained_logs.c.run_id == run_id))
 
-    def failed_runs_with_staging_before(self, cutoff: datetime) -> list[dict[str, Any]]:
-        """Failed runs whose staging was kept for replay and has outlived its TTL."""
+    def kept_staging_to_sweep(self, cutoff: datetime) -> list[dict[str, Any]]:
+        """Staging that ended runs kept: a committed run's at once (nothing in it is left to
+        replay), an uncommitted run's once it has outlived its TTL (the cutoff)."""
         with self.engine.connect() as db:
             rows = db.execute(
                 select(runs.c.run_id, runs.c.connection_id, runs.c.staging_target).where(
-                    runs.c.status == "failed",
-                    runs.c.finished_at < cutoff,
+                    runs.c.status != "succeeded",
                     runs.c.staging_target.is_not(None),
                     runs.c.staging_swept_at.is_(None),
+                    (runs.c.committed.is_(True)) | (runs.c.finished_at < cutoff),
                 )
             ).mappings()
             return [dict(r) for r in rows]
@@ -334,12 +353,28 @@ class MetadataStore:
         with self.engine.begin() as db:
             db.execute(update(runs).where(runs.c.run_id == run_id).values(staging_swept_at=_now()))
 
-    def lock_connection(self, connection_id: str, run_id: str, ttl: timedelta) -> str | None:
+    def lock_connection(
+        self,
+        connection_id: str,
+        run_id: str,
+        ttl: timedelta,
+        *,
+        workflow_id: str | None = None,
+        staging_target: str | None = None,
+    ) -> dict[str, Any] | None:
         """Take the connection for this run: one run of a connection at a time, across every
-        worker. Returns None when taken (or already held by this run), else the holder's run
-        id. A lock outlives a crashed run by at most `ttl`."""
+        worker. Returns None when taken (or already held by this run), else the holder's lock
+        row. A held lock is never taken over here: whether its run is over is Temporal's to
+        say (workers/activities/locks.py)."""
         now = _now()
-        row = {"connection_id": connection_id, "run_id": run_id, "expires_at": now + ttl}
+        row = {
+            "connection_id": connection_id,
+            "run_id": run_id,
+            "expires_at": now + ttl,
+            "workflow_id": workflow_id,
+            "staging_target": staging_target,
+            "taken_at": now,
+        }
         try:
             with self.engine.begin() as db:
                 db.execute(insert(connection_locks).values(row))
@@ -351,27 +386,100 @@ class MetadataStore:
                 update(connection_locks)
                 .where(
                     connection_locks.c.connection_id == connection_id,
-                    (connection_locks.c.run_id == run_id) | (connection_locks.c.expires_at < now),
+                    connection_locks.c.run_id == run_id,
                 )
-                .values(run_id=run_id, expires_at=now + ttl)
+                .values(expires_at=row["expires_at"])
             ).rowcount
             if taken:
                 return None
-            holder = db.execute(
-                select(connection_locks.c.run_id).where(
-                    connection_locks.c.connection_id == connection_id
+        holder = self.lock_holder(connection_id)
+        return holder or {"run_id": "another run", "workflow_id": None}
+
+    def renew_lock(self, connection_id: str, run_id: str, ttl: timedelta) -> bool:
+        """Push the lock's expiry out; False when this run no longer holds it."""
+        with self.engine.begin() as db:
+            return bool(
+                db.execute(
+                    update(connection_locks)
+                    .where(
+                        connection_locks.c.connection_id == connection_id,
+                        connection_locks.c.run_id == run_id,
+                    )
+                    .values(expires_at=_now() + ttl)
+                ).rowcount
+            )
+
+    def lock_holder(self, connection_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as db:
+            row = (
+                db.execute(
+                    select(connection_locks).where(
+                        connection_locks.c.connection_id == connection_id
+                    )
                 )
-            ).scalar()
-        return str(holder) if holder else "another run"
+                .mappings()
+                .first()
+            )
+        return _utc(dict(row)) if row else None
+
+    def locks(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as db:
+            rows = db.execute(select(connection_locks)).mappings()
+            return [_utc(dict(r)) for r in rows]
 
     def unlock_connection(self, connection_id: str, run_id: str) -> None:
+        self.force_unlock(connection_id, run_id)
+
+    def force_unlock(self, connection_id: str, run_id: str) -> bool:
+        """Give the connection back if `run_id` still holds it; True when a lock was removed."""
         with self.engine.begin() as db:
+            return bool(
+                db.execute(
+                    delete(connection_locks).where(
+                        connection_locks.c.connection_id == connection_id,
+                        connection_locks.c.run_id == run_id,
+                    )
+                ).rowcount
+            )
+
+    def finish_abandoned_run(self, lock: Mapping[str, Any], status: str, error: str) -> bool:
+        """Record the run of a lock whose workflow ended without recording it (terminated, or
+        gone), with its staging kept for the sweep, and give the connection back. A run that
+        recorded itself keeps its record. True when a run row was written."""
+        now = _now()
+        started = lock.get("taken_at") or now
+        with self.engine.begin() as db:
+            exists = db.execute(
+                select(runs.c.run_id).where(runs.c.run_id == lock["run_id"])
+            ).first()
+            if exists is None:
+                db.execute(
+                    insert(runs).values(
+                        run_id=lock["run_id"],
+                        connection_id=lock["connection_id"],
+                        workflow_id=lock.get("workflow_id") or "",
+                        status=status,
+                        started_at=started,
+                        finished_at=now,
+                        duration_seconds=(now - _utc_stamp(started)).total_seconds(),
+                        incremental=False,
+                        records=0,
+                        records_by_stream={},
+                        bytes_staged=0,
+                        redactions={},
+                        error=error,
+                        staging_target=lock.get("staging_target"),
+                        committed=False,
+                        warnings=["recorded by the sweep: the run's workflow ended without it"],
+                    )
+                )
             db.execute(
                 delete(connection_locks).where(
-                    connection_locks.c.connection_id == connection_id,
-                    connection_locks.c.run_id == run_id,
+                    connection_locks.c.connection_id == lock["connection_id"],
+                    connection_locks.c.run_id == lock["run_id"],
                 )
             )
+        return exists is None
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as db:
