@@ -62,6 +62,7 @@ from urllib.parse import quote
 import ahocorasick_rs
 
 __all__ = [
+    "METADATA_STATE_KEYS",
     "MIN_BASE64_LENGTH",
     "MIN_FREE_TEXT_LENGTH",
     "SECRET_KEY_WORDS",
@@ -152,6 +153,26 @@ _PRIORITY: dict[RedactionKind, int] = {
 # Collecting cursor values from Airbyte state
 # --------------------------------------------------------------------------------------------
 
+METADATA_STATE_KEYS = frozenset(
+    {
+        "stream_descriptor",
+        "streamDescriptor",
+        "stream_name",
+        "stream_namespace",
+        "streamName",
+        "streamNamespace",
+        "cursor_field",
+        "cursorField",
+    }
+)
+"""Keys inside a state payload whose values name a stream, a namespace or a field.
+
+Sluice keeps these names as metadata, so :func:`state_leaf_values` does not collect them as
+cursor values: Java sources write ``{"stream_name": "users", "stream_namespace": "public",
+"cursor_field": ["updated_at"], "cursor": "2024-05-01", ...}`` into their state, and redacting
+``users`` in every line would make the log unreadable while protecting nothing.
+"""
+
 
 def state_leaf_values(states: Iterable[Any]) -> set[str]:
     """Return every scalar leaf of Airbyte state, rendered the ways a log prints it.
@@ -164,6 +185,13 @@ def state_leaf_values(states: Iterable[Any]) -> set[str]:
     destination stats are metadata and must stay readable, so they are skipped. Dict keys are
     never collected: they are field names, and redacting ``updated_at`` everywhere would destroy
     the log's meaning.
+
+    Inside a payload, the leaves that name things rather than hold data are metadata too, and are
+    skipped (see :data:`METADATA_STATE_KEYS`): a nested stream descriptor (``stream_descriptor``
+    / ``streamDescriptor``), the ``stream_name`` / ``stream_namespace`` that the Java sources
+    write into their per-stream and CDC state, and the field names under ``cursor_field``. A log
+    line ``Read 100 records from users`` keeps ``users``. They are still removed where state is
+    printed (a state blob, a STATE message), with the rest of the blob.
 
     ``None`` and booleans are skipped (``True`` is not a cursor). Numbers are rendered with
     ``str()``, plus ``"1234"`` for an integral float and ``"1234.0"`` for an int, because JSON
@@ -238,13 +266,15 @@ def _looks_like_state_message(node: Mapping[str, Any]) -> bool:
 
 
 def _collect_leaves(node: Any, out: set[str]) -> None:
-    """Collect every scalar under ``node``: everything inside a state payload is a value."""
+    """Collect every scalar under ``node``: everything inside a state payload is a value, except
+    the names of streams, namespaces and fields (:data:`METADATA_STATE_KEYS`)."""
     node = _plain(node)
     if node is None or isinstance(node, bool):
         return
     if isinstance(node, Mapping):
-        for value in node.values():
-            _collect_leaves(value, out)
+        for key, value in node.items():
+            if key not in METADATA_STATE_KEYS:
+                _collect_leaves(value, out)
     elif isinstance(node, list | tuple | set | frozenset):
         for value in node:
             _collect_leaves(value, out)
@@ -685,6 +715,15 @@ class LogScrubber:
     :meth:`scrub_line` for one line, :meth:`scrub_text` for a block of lines, and the streaming
     :meth:`scrub_stream` (lines in, lines out) and :meth:`scrub_chunks` (text chunks in, scrubbed
     chunks out, the fastest). Not thread-safe: give each log its own scrubber or serialise calls.
+
+    ``keep`` names the metadata Sluice keeps: stream names, namespaces, cursor field names,
+    primary key field names (the ``cursor_fields`` are always kept as well). A cursor value equal
+    to one of them is not looked for in free text, so ``Read 100 records from users`` keeps
+    ``users`` even when some state holds the string ``users``. The trade-off: a cursor whose value
+    really is ``users`` then stays readable in free text too (it is still removed inside printed
+    state blobs and as the value of a cursor-field pair), since a name that appears in every line
+    about its stream cannot be told apart from the same word used as a cursor. Secrets are never
+    kept, whatever ``keep`` says.
     """
 
     def __init__(
@@ -693,12 +732,18 @@ class LogScrubber:
         cursor_values: Iterable[str],
         secrets: Iterable[str],
         cursor_fields: Iterable[str] = (),
+        keep: Iterable[str] = (),
     ) -> None:
         self._counts: dict[str, int] = {kind.value: 0 for kind in RedactionKind}
+        cursor_fields = [f for f in cursor_fields if f]
+        kept = frozenset(name for name in (*keep, *cursor_fields) if name)
         kinds: dict[str, RedactionKind] = {}
         for value in cursor_values:
+            if value in kept:
+                continue
             for spelling in _value_spellings(value, cursor=True):
-                kinds[spelling] = RedactionKind.CURSOR
+                if spelling not in kept:
+                    kinds[spelling] = RedactionKind.CURSOR
         for secret in secrets:
             for spelling in _value_spellings(secret, cursor=False):
                 kinds[spelling] = RedactionKind.SECRET  # a secret outranks a cursor value
@@ -724,7 +769,7 @@ class LogScrubber:
             if encoded
             else None
         )
-        fields = sorted({f for f in cursor_fields if f}, key=len, reverse=True)
+        fields = sorted(set(cursor_fields), key=len, reverse=True)
         self._pair_pattern = _build_pair_pattern(fields) if fields else None
         self._fields = tuple(fields)
         # The block search only has to find the lines, not every spelling: a spelling that

@@ -756,3 +756,134 @@ def test_log_time_stamps_in_the_cursors_second_are_not_the_cursor() -> None:
     assert scrubber.scrub_line(kept) == kept
     for rendering in ("2026-11-29T07:47:03Z", "2026-11-29 07:47:03", "2026-11-29T07:47:03.000Z"):
         assert rendering not in scrubber.scrub_line(f"cursor at {rendering} now\n"), rendering
+
+
+# --- metadata names are kept ---------------------------------------------------------------------
+
+# The per-stream state of a Java source (source-postgres, cursor based) and its CDC (GLOBAL)
+# state, in the envelope source-faker uses in tests/data: the payload names its stream, its
+# namespace and its cursor field beside the cursor value itself.
+JAVA_STATES: list[dict[str, Any]] = [
+    {
+        "type": "STREAM",
+        "stream": {
+            "stream_descriptor": {"name": "users", "namespace": "public"},
+            "stream_state": {
+                "stream_name": "users",
+                "stream_namespace": "public",
+                "cursor_field": ["updated_at"],
+                "cursor": "2026-11-29T06:38:58.123456Z",
+                "cursor_record_count": 1,
+                "state_type": "cursor_based",
+                "version": 2,
+            },
+        },
+        "sourceStats": {"recordCount": 20.0},
+    },
+    {
+        "type": "GLOBAL",
+        "global": {
+            "shared_state": {"state": {"lsn": 23947281934, "txId": 88271}},
+            "stream_states": [
+                {
+                    "stream_descriptor": {"name": "purchases", "namespace": "shop"},
+                    "stream_state": {
+                        "stream_name": "purchases",
+                        "stream_namespace": "shop",
+                        "cursor_field": [],
+                        "stream_descriptor": {"name": "purchases", "namespace": "shop"},
+                    },
+                }
+            ],
+        },
+    },
+    {
+        "type": "LEGACY",
+        "data": {
+            "cdc": False,
+            "streams": [
+                {
+                    "stream_name": "products",
+                    "stream_namespace": "public",
+                    "cursor_field": ["modified"],
+                    "cursor": "legacy-cursor-0042",
+                }
+            ],
+        },
+    },
+]
+
+
+def test_state_leaf_values_skip_stream_names_namespaces_and_field_names() -> None:
+    values = state_leaf_values(JAVA_STATES)
+    for metadata in ("users", "public", "purchases", "shop", "products", "updated_at", "modified"):
+        assert metadata not in values, metadata
+    assert {"2026-11-29T06:38:58.123456Z", "23947281934", "88271", "legacy-cursor-0042"} <= values
+    assert "cursor_based" in values  # any other leaf is still a value
+
+
+def test_stream_names_in_free_text_survive_a_per_stream_state() -> None:
+    s = scrubber(cursor_values=tuple(state_leaf_values(JAVA_STATES)), cursor_fields=("cursor",))
+    kept = [
+        "Read 100 records from users\n",
+        '{"type":"LOG","log":{"level":"INFO","message":"Read 0 records from purchases stream"}}\n',
+        '{"type":"TRACE","trace":{"type":"STREAM_STATUS","stream_status":{"stream_descriptor":'
+        '{"name":"users","namespace":"public"},"status":"COMPLETE"}}}\n',
+        "Syncing stream: products in namespace public, cursor field updated_at\n",
+    ]
+    for line in kept:
+        assert s.scrub_line(line) == line
+    assert s.counts == {"cursor": 0, "secret": 0, "state": 0}
+
+    # The cursor itself still goes, and so does every printed state blob, names included.
+    line = "users: cursor now at 2026-11-29T06:38:58.123456Z\n"
+    assert s.scrub_line(line) == f"users: cursor now at {CURSOR}\n"
+    state_line = json.dumps({"type": "STATE", "state": JAVA_STATES[0]}) + "\n"
+    scrubbed = json.loads(s.scrub_line(state_line))["state"]["stream"]
+    assert scrubbed["stream_state"] == STATE
+    assert scrubbed["stream_descriptor"] == {"name": "users", "namespace": "public"}
+    cdk = "Setting state of users stream to {'stream_name': 'users', 'cursor': 'x'}\n"
+    assert s.scrub_line(cdk) == f"Setting state of users stream to {STATE}\n"
+
+
+def test_keep_names_are_never_cursor_values_which_costs_a_cursor_equal_to_a_name() -> None:
+    # A state whose cursor value is a stream name: without `keep`, every line about the stream
+    # loses its name; with it, the name stays, and so does that cursor in free text (the
+    # documented trade-off). Blobs and cursor-field pairs still remove it.
+    states = [
+        {
+            "type": "STREAM",
+            "stream": {
+                "stream_descriptor": {"name": "events"},
+                "stream_state": {"last_table": "users", "updated_at": "2026-11-29T06:38:58Z"},
+            },
+        }
+    ]
+    values = tuple(state_leaf_values(states))
+    assert "users" in values
+    line = "Read 100 records from users\n"
+    assert scrubber(cursor_values=values).scrub_line(line) == f"Read 100 records from {CURSOR}\n"
+
+    keep = {"users", "events", "public", "id", "updated_at"}
+    s = LogScrubber(
+        cursor_values=values, secrets=("users-secret",), cursor_fields=("last_table",), keep=keep
+    )
+    assert s.scrub_line(line) == line
+    assert s.scrub_line("last_table=users\n") == f"last_table={CURSOR}\n"
+    assert s.scrub_line("Setting state of events stream to {'last_table': 'users'}\n") == (
+        f"Setting state of events stream to {STATE}\n"
+    )
+    assert s.scrub_line("at 2026-11-29 06:38:58 users-secret\n") == f"at {CURSOR} {SECRET}\n"
+
+
+def test_cursor_field_names_are_kept_even_as_values() -> None:
+    s = scrubber(
+        cursor_values=("updated_at", "2026-11-29T06:38:58Z"), cursor_fields=("updated_at",)
+    )
+    assert s.scrub_line("ordered by updated_at\n") == "ordered by updated_at\n"
+    assert s.scrub_line("updated_at=2026-11-29T06:38:58Z\n") == f"updated_at={CURSOR}\n"
+
+
+def test_secrets_outrank_keep() -> None:
+    s = LogScrubber(cursor_values=(), secrets=("warehouse",), keep={"warehouse"})
+    assert s.scrub_line("loading warehouse\n") == f"loading {SECRET}\n"
