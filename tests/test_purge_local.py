@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from purge.purge import StoreContractError, purge_prefix
+from purge.receipts import PurgeReceipt
 from purge.stores import (
     DeleteResult,
     StoredObject,
@@ -20,6 +21,7 @@ from purge.stores import (
     open_store,
 )
 from purge.stores.local import LocalStagingStore
+from purge.targets import parse_target
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -183,6 +185,65 @@ def test_prefix_through_a_symlink_is_refused(store: LocalStagingStore, tmp_path:
     with pytest.raises(UnsafePrefixError, match="symlink"):
         purge_prefix(store, "runs/conn1/", receipt_id="r")
     assert (outside / "precious").read_bytes() == b"keep"
+
+
+# --- a staging root behind a symlink -------------------------------------------------------
+
+
+def purge_as_the_sync_activity_does(staging_uri: str, staging_prefix: str) -> PurgeReceipt:
+    """parse_target with the staging root in the allow-list, open_store, purge_prefix."""
+    target = parse_target(staging_uri + staging_prefix, [staging_uri, "s3://bucket/other/"])
+    return purge_prefix(open_store(target.store_uri), target.prefix, receipt_id="r")
+
+
+@pytest.fixture
+def linked_root(tmp_path: Path) -> tuple[Path, str]:
+    """(the real staging root, its URI through a symlinked directory: /tmp/link -> /tmp/real)."""
+    (tmp_path / "real" / "staging").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    return tmp_path / "real" / "staging", (tmp_path / "link" / "staging").as_uri() + "/"
+
+
+def test_a_staging_root_behind_a_symlink_is_purged(linked_root: tuple[Path, str]) -> None:
+    real, staging_uri = linked_root
+    writer = open_store(staging_uri)  # the sync stages through the configured, linked root
+    for key in ("faker/run-1/users/0.jsonl.gz", "faker/run-1/products/0.jsonl.gz"):
+        write(writer, key, b"abc")
+    write(writer, "faker/run-10/users/0.jsonl.gz")
+
+    receipt = purge_as_the_sync_activity_does(staging_uri, "faker/run-1/")
+
+    assert receipt.verified_empty and receipt.objects_deleted == 2
+    assert receipt.target == real.as_uri() + "/faker/run-1/"
+    assert files_under(real) == ["faker/run-10/users/0.jsonl.gz"]
+    assert dirs_under(real) == ["faker", "faker/run-10", "faker/run-10/users"]
+
+
+def test_a_symlink_inside_the_prefix_is_still_refused_and_not_followed(
+    linked_root: tuple[Path, str], tmp_path: Path
+) -> None:
+    real, staging_uri = linked_root
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"keep")
+
+    # The run's own directory is a link: the whole prefix passes through it, refused.
+    (real / "faker").mkdir()
+    (real / "faker" / "run-1").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePrefixError, match="symlink"):
+        purge_as_the_sync_activity_does(staging_uri, "faker/run-1/")
+    with pytest.raises(UnsafePrefixError, match="symlink"):
+        purge_as_the_sync_activity_does(staging_uri, "faker/run-1/sub/")
+    assert (outside / "precious").read_bytes() == b"keep"
+
+    # A link under the prefix is an object of its own: the link goes, never what it points to.
+    write(open_store(staging_uri), "faker/run-2/a")
+    (real / "faker" / "run-2" / "to-dir").symlink_to(outside, target_is_directory=True)
+    receipt = purge_as_the_sync_activity_does(staging_uri, "faker/run-2/")
+    assert receipt.verified_empty and receipt.objects_deleted == 2
+    assert (outside / "precious").read_bytes() == b"keep"
+    assert not (real / "faker" / "run-2").exists()
+    assert (real / "faker" / "run-1").is_symlink()
 
 
 # --- purge --------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ ALLOW = ["s3://bucket/runs/", "az://container/", "file:///srv/staging/"]
         ("s3://bucket/runs/conn1", "s3://bucket/", "runs/conn1/"),
         ("s3://bucket//runs/./conn1/", "s3://bucket/", "runs/conn1/"),
         ("az://container/a/b/", "az://container/", "a/b/"),
-        ("file:///srv/staging/x/", "file:///", "srv/staging/x/"),
+        ("file:///srv/staging/x/", "file:///srv/staging/", "x/"),
+        ("file:///srv/staging/", "file:///srv/", "staging/"),  # the root itself: never empty
         ("s3://bucket/runs/with%20space/", "s3://bucket/", "runs/with space/"),
     ],
 )
@@ -102,3 +103,68 @@ def test_cli_purge_prints_receipt_and_exit_code(tmp_path: Path) -> None:
     outside = sluice(["purge", target.replace("conn1", "conn10"), "--yes"], tmp_path, "s3://b/x/")
     assert outside.returncode == 2 and "allow-list" in outside.stderr
     assert (staging / "runs/conn10/3.gz").exists()
+
+
+# --- a local staging root reached through a symlink ----------------------------------------------
+
+
+@pytest.fixture
+def linked_staging(tmp_path: Path) -> tuple[Path, Path]:
+    """(real staging root, the same root through a symlinked directory above it)."""
+    real = tmp_path / "real"
+    (real / "staging").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    return real / "staging", link / "staging"
+
+
+def test_a_local_target_is_rooted_at_its_resolved_allow_list_entry(
+    linked_staging: tuple[Path, Path],
+) -> None:
+    real, linked = linked_staging
+    allow = [linked.as_uri() + "/", "s3://bucket/runs/"]
+    target = parse_target(linked.as_uri() + "/conn/run-1/", allow)
+    assert (target.store_uri, target.prefix) == (real.as_uri() + "/", "conn/run-1/")
+    # The longest entry the target falls under is its root.
+    nested = parse_target(linked.as_uri() + "/conn/run-1/", [*allow, linked.as_uri() + "/conn"])
+    assert (nested.store_uri, nested.prefix) == (real.as_uri() + "/conn/", "run-1/")
+    # The root itself: rooted at its resolved parent, so the prefix is never empty.
+    whole = parse_target(linked.as_uri() + "/", allow)
+    assert (whole.store_uri, whole.prefix) == (real.parent.as_uri() + "/", "staging/")
+
+
+def test_allow_list_matching_stays_on_the_paths_as_written(
+    linked_staging: tuple[Path, Path],
+) -> None:
+    real, linked = linked_staging
+    with pytest.raises(TargetRefusedError, match="allow-list"):
+        parse_target(real.as_uri() + "/conn/", [linked.as_uri() + "/"])
+    with pytest.raises(TargetRefusedError, match="allow-list"):  # the '/' boundary
+        parse_target(linked.as_uri() + "-other/conn/", [linked.as_uri() + "/"])
+    with pytest.raises(TargetRefusedError, match=r"'\.\.'"):
+        parse_target(linked.as_uri() + "/conn/../../x/", [linked.as_uri() + "/"])
+
+
+def test_an_entry_that_is_a_symlink_to_the_filesystem_root_cannot_purge_it(tmp_path: Path) -> None:
+    (tmp_path / "everything").symlink_to("/", target_is_directory=True)
+    entry = (tmp_path / "everything").as_uri() + "/"
+    for target in (entry, entry + "etc/"):
+        with pytest.raises(TargetRefusedError, match="filesystem root"):
+            parse_target(target, [entry])
+
+
+def test_cli_purges_a_staging_root_behind_a_symlink(
+    tmp_path: Path, linked_staging: tuple[Path, Path]
+) -> None:
+    real, linked = linked_staging
+    for rel in ("conn/run-1/a/1.gz", "conn/run-1/2.gz", "conn/run-10/3.gz"):
+        (real / rel).parent.mkdir(parents=True, exist_ok=True)
+        (real / rel).write_bytes(b"data")
+    allow = linked.as_uri() + "/"
+    done = sluice(["purge", allow + "conn/run-1/", "--yes"], tmp_path, allow)
+    assert done.returncode == 0, done.stderr
+    receipt = json.loads(done.stdout)
+    assert receipt["verified_empty"] and receipt["objects_deleted"] == 2
+    assert receipt["target"] == real.as_uri() + "/conn/run-1/"
+    assert not (real / "conn/run-1").exists()
+    assert (real / "conn/run-10/3.gz").exists()

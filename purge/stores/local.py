@@ -29,7 +29,9 @@ class LocalStagingStore(StagingStore):
 
     Nothing is ever followed through a symlink: a link inside the store is an object of its own
     (listed, deleted as a link), and a key or prefix that passes through a linked directory is
-    refused, because it could lead outside the root.
+    refused, because it could lead outside the root. The root itself is trusted configuration
+    and may be reached through symlinks: only what lies below it is checked (purge targets are
+    rooted at their resolved allow-list entry, see `purge.targets.parse_target`).
     """
 
     def __init__(self, root: Path) -> None:
