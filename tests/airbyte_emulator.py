@@ -13,7 +13,8 @@ Why an emulator and not a mock of the SDK: the backend must survive what the rea
 the wire (409 ``try-again-later`` problems, 429 with ``Retry-After``, token expiry, slow
 answers), and the only trustworthy description of that wire is the pair of OpenAPI documents
 Airbyte publishes. So every response this emulator serves is validated against those documents
-(``../shared/airbyte-specs/``) before it leaves, and every request against them when it arrives.
+(``tests/airbyte_specs/``, copied from Airbyte; see its SOURCE.md) before it leaves, and every
+request against them when it arrives.
 A response that does not conform is recorded as a violation and the ``airbyte_emulator`` fixture
 fails the test at teardown: the emulator cannot silently drift away from the real API.
 
@@ -73,7 +74,7 @@ from openapi_core.templating.responses.exceptions import ResponseNotFound
 from openapi_schema_validator import OAS30Validator
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-SPECS_DIR = Path(__file__).resolve().parents[2] / "shared" / "airbyte-specs"
+SPECS_DIR = Path(__file__).resolve().parent / "airbyte_specs"
 PUBLIC_BASE = "/api/public/v1"
 CONFIG_BASE = "/api/v1"
 
