@@ -9,7 +9,14 @@ for one to finish before it lists the next, so memory is bounded by that many ba
 many objects the prefix holds.
 
 A store whose `delete_concurrency` is 1 (the local disk) skips the threads: each batch is
-deleted in the calling thread as soon as it is listed, with the same retry rules.
+deleted in the calling thread as soon as it is listed, with the same retry rules, in calls of
+at most the store's `delete_batch_size` objects (the local store: 100, halved while a call
+takes longer than half a second).
+
+Progress (`on_progress`, which an activity heartbeats so that a resumed purge can count what
+an interrupted attempt deleted) is reported after every serial delete call, and by the
+concurrent pipeline whenever the calling thread wakes: after each listed batch and at least
+every quarter of a second while deletes are in flight.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ MAX_LISTED_FAILURES = 100
 
 # How often the calling thread, while it waits for deletes, passes progress to on_progress.
 _PROGRESS_INTERVAL = 0.25
+
+# A serial delete call of a store with a `delete_batch_size` should take no longer than this: a
+# slower call halves the size of the next one, a call under a quarter of it doubles it back.
+_SERIAL_CALL_SECONDS = 0.5
 
 
 class StoreContractError(RuntimeError):
@@ -157,7 +168,9 @@ def purge_prefix(
             if on_progress is not None:
                 on_progress(tally.objects_deleted)
     elif limiter.maximum == 1:
-        _delete_serially(batches, store.delete, tally, limiter, policy, on_progress)
+        _delete_serially(
+            batches, store.delete, tally, limiter, policy, on_progress, store.delete_batch_size
+        )
     else:
         _delete_concurrently(batches, store.delete, tally, limiter, policy, on_progress)
 
@@ -315,23 +328,38 @@ def _delete_serially(
     limiter: AdaptiveConcurrency,
     policy: RetryPolicy,
     on_progress: Callable[[int], None] | None,
+    call_size: int | None = None,
 ) -> None:
-    """Each batch is deleted in the calling thread before the next one is listed."""
+    """Each batch is deleted in the calling thread before the next one is listed, in calls of
+    at most `call_size` objects (adapted to the time a call takes), progress after each call."""
     rng = random.Random()
+    size = call_size
     for batch in batches:
-        job = _Job(batch)
-        while True:
-            result = delete(job.objects)
-            again = tally.settle(job, result)
-            if result.throttled:
-                limiter.on_throttle()
-            else:
-                limiter.on_success()
-            if not again:
-                break
-            time.sleep(policy.backoff(job.attempts, rng))
-        if on_progress is not None:
-            on_progress(tally.objects_deleted)
+        start = 0
+        while start < len(batch):
+            piece = batch if size is None else batch[start : start + size]
+            start += len(piece)
+            job = _Job(piece)
+            spent = 0.0
+            while True:
+                began = time.monotonic()
+                result = delete(job.objects)
+                spent += time.monotonic() - began
+                again = tally.settle(job, result)
+                if result.throttled:
+                    limiter.on_throttle()
+                else:
+                    limiter.on_success()
+                if not again:
+                    break
+                time.sleep(policy.backoff(job.attempts, rng))
+            if size is not None and call_size is not None:
+                if spent > _SERIAL_CALL_SECONDS:
+                    size = max(1, size // 2)
+                elif spent < _SERIAL_CALL_SECONDS / 4:
+                    size = min(call_size, size * 2)
+            if on_progress is not None:
+                on_progress(tally.objects_deleted)
 
 
 def _delete_concurrently(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+import purge.purge as purge_module
 from purge.purge import StoreContractError, purge_prefix
 from purge.receipts import PurgeReceipt
 from purge.stores import (
@@ -404,6 +406,53 @@ def test_deletes_in_batches_while_listing_lazily(tmp_path: Path) -> None:
     assert store.pulled_at_delete == [3, 6, 7]
     assert progress == [3, 6, 7]
     assert receipt.verified_empty
+
+
+def test_progress_is_reported_every_hundred_local_deletes(store: LocalStagingStore) -> None:
+    # A purge activity heartbeats this count; after a worker is killed, the next attempt adds
+    # the last heartbeat to its own receipt, so the count may lag by one small batch at most.
+    for i in range(250):
+        write(store, f"runs/r1/{i // 50}/{i:04d}")
+    write(store, "runs/r10/kept")
+    progress: list[int] = []
+    calls: list[int] = []
+    delete = store.delete
+
+    def counting_delete(objects: Sequence[StoredObject]) -> DeleteResult:
+        calls.append(len(objects))
+        return delete(objects)
+
+    store.delete = counting_delete  # type: ignore[method-assign]
+
+    receipt = purge_prefix(store, "runs/r1/", receipt_id="r", on_progress=progress.append)
+
+    assert receipt.verified_empty and receipt.objects_deleted == 250
+    assert progress == [100, 200, 250]  # the default listing batch is 1,000
+    assert calls == [100, 100, 50] and receipt.delete_calls == 3
+    assert files_under(store.root) == ["runs/r10/kept"]
+
+
+def test_slow_local_deletes_report_progress_in_smaller_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class SlowDisk(LocalStagingStore):
+        def delete(self, objects: Sequence[StoredObject]) -> DeleteResult:
+            time.sleep(0.0005 * len(objects))  # 100 objects: 50 ms, over the budget below
+            return super().delete(objects)
+
+    monkeypatch.setattr(purge_module, "_SERIAL_CALL_SECONDS", 0.01)
+    store = SlowDisk(tmp_path / "staging")
+    for i in range(300):
+        write(store, f"runs/r1/{i:04d}")
+    progress: list[int] = []
+
+    receipt = purge_prefix(store, "runs/r1/", receipt_id="r", on_progress=progress.append)
+
+    assert receipt.verified_empty and receipt.objects_deleted == 300
+    assert progress == sorted(progress) and progress[-1] == 300
+    steps = [after - before for before, after in zip([0, *progress], progress, strict=False)]
+    assert steps[0] == 100 and max(steps[3:]) <= 25  # halved while a call is over budget
+    assert len(progress) > 10
 
 
 def test_failed_deletion_is_reported_and_not_verified(tmp_path: Path) -> None:

@@ -134,6 +134,16 @@ class StagingStore(ABC):
     in lockstep with the listing, which is all a local disk needs.
     """
 
+    delete_batch_size: int | None = None
+    """The most objects the purge hands one `delete` call when it deletes serially, or None for
+    the whole listed batch (S3 and Azure take 1,000 at once, split as their APIs require).
+
+    The purge reports progress after every call, and an activity heartbeats that count: a store
+    whose calls are slow per object (the local disk unlinks one file at a time) sets a small
+    size, and the purge also halves it while a call takes longer than half a second, so that a
+    worker killed mid-purge lost at most one small batch of its count.
+    """
+
     @abstractmethod
     def open_write(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
         """Write an object atomically.

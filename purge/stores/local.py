@@ -34,6 +34,9 @@ class LocalStagingStore(StagingStore):
     rooted at their resolved allow-list entry, see `purge.targets.parse_target`).
     """
 
+    delete_batch_size = 100
+    """Progress is reported after every 100 unlinks (fewer when they are slow)."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(os.path.abspath(root))
         self.root.mkdir(parents=True, exist_ok=True)
