@@ -223,6 +223,9 @@ class SyncConnectionWorkflow:
 
     async def _record(self, plan: RunPlan, end: _RunEnd) -> None:
         self._phase = "writing receipt"
+        scrub = end.outcome.scrub if end.outcome else None
+        if scrub is not None and scrub.retain_error:
+            end.warnings.append(f"log not retained: {scrub.retain_error}")
         kept = end.receipt is None or not end.receipt.verified_empty
         await self._to_completion(
             workflow.execute_activity(
@@ -234,7 +237,7 @@ class SyncConnectionWorkflow:
                     started_at=end.started_at,
                     finished_at=workflow.now(),
                     outcome=end.outcome,
-                    scrub=end.outcome.scrub if end.outcome else None,
+                    scrub=scrub,
                     receipt=end.receipt,
                     error=end.error,
                     committed=end.committed and kept,
