@@ -1,7 +1,9 @@
 """The connections file: what Sluice syncs, declared in TOML.
 
 Secrets never appear in the file: ``source.secrets`` maps a config key to the name of an
-environment variable, resolved by the worker at run time (never in workflow history).
+environment variable, resolved by the worker at run time (never in workflow history). An Airbyte
+connection names the secrets to scrub from its job's logs the same way, in ``[connections.airbyte]``
+(or, equivalently, as ``secrets`` of the connection itself).
 """
 
 from __future__ import annotations
@@ -183,6 +185,34 @@ class AirbyteConnection(_ConnectionBase):
         default_factory=dict,
         description="name -> environment variable of secrets to scrub from the job's logs",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_in_the_airbyte_table(cls, data: Any) -> Any:
+        """``[connections.airbyte] secrets = {...}``, beside the Airbyte connection id as the
+        README shows it, is the connection's ``secrets``: merged into it, so the worker reads the
+        environment variables and the scrubber gets their values, whichever place declared them.
+        """
+        if not isinstance(data, Mapping):
+            return data
+        airbyte = data.get("airbyte")
+        if not isinstance(airbyte, Mapping) or "secrets" not in airbyte:
+            return data
+        nested = airbyte["secrets"]
+        outer = data.get("secrets")
+        merged: Any = nested
+        if isinstance(nested, Mapping) and isinstance(outer, Mapping):
+            for name, variable in nested.items():
+                if name in outer and outer[name] != variable:
+                    raise ValueError(
+                        f"secrets.{name}: declared in [connections.airbyte] and beside it, "
+                        "with different environment variables"
+                    )
+            merged = {**outer, **nested}
+        elif outer is not None:
+            return data  # something is not a table: the field checks say what
+        rest = {key: value for key, value in airbyte.items() if key != "secrets"}
+        return {**data, "airbyte": rest, "secrets": merged}
 
 
 AnyConnection = Annotated[Connection | AirbyteConnection, Field(discriminator="backend")]
