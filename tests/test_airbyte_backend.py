@@ -290,3 +290,33 @@ async def test_config_api_unavailable_keeps_the_job_and_retains_no_unscrubbed_lo
     assert summary.status == "succeeded" and summary.log_uri is None
     assert not emu.requests_to("DELETE", r"/api/public/v1/jobs/\d+")
     assert not list((sluice.settings.state_path / "logs").rglob("*.log"))
+
+
+async def test_a_404_on_the_source_lookup_after_success_is_a_warning_not_a_failure(
+    tmp_path: Path,
+    airbyte_emulator: AirbyteEmulator,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+) -> None:
+    emu = airbyte_emulator
+    airbyte_id = add_shop(emu)
+    staging = tmp_path / "destination-staging" / "shop"
+    staged_files(staging)
+    settings = airbyte_settings(make_settings, emu, airbyte_id, staging.as_uri() + "/")
+    emu.script_job(polls_until_done=1, rows_synced=5)
+    # The job succeeds; then the source is gone (deleted in Airbyte meanwhile).
+    emu.fail_next(r"/api/public/v1/sources/.+", 404, count=100, method="GET")
+    sluice = await run_worker(settings)
+
+    handle = await start_sync(client, settings, SyncRequest(connection_id="shop"))
+    summary: SyncSummary = await handle.result()
+
+    assert summary.status == "succeeded"
+    assert len(summary.warnings) == 1 and "metadata not retained" in summary.warnings[0]
+    assert "404" in summary.warnings[0] or "not found" in summary.warnings[0].lower()
+    assert summary.verified_empty and not staging.exists()  # the commit was not undone
+    run = sluice.metadata.get_run(summary.run_id)
+    assert run is not None and run["status"] == "succeeded"
+    assert sluice.metadata.lock_holder("shop") is None
+    assert len(emu.requests_to("POST", "/api/public/v1/jobs")) == 1

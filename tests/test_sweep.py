@@ -13,14 +13,15 @@ import pytest
 from sqlalchemy import update
 from temporalio.client import Client, WorkflowFailureError
 
-from tests.conftest import protocol_connector
+from tests.conftest import protocol_connector, wait_until
 from tests.test_bad_input import items_connection
 from workers.cli import start_sync
 from workers.connections import ConnectionsFile
 from workers.schedules import SWEEP_SCHEDULE_ID, apply_schedules
 from workers.settings import Settings
 from workers.store.metadata import retained_logs, runs
-from workflows.models import SweepSummary, SyncRequest
+from workflows.models import SweepRequest, SweepSummary, SyncRequest
+from workflows.sweep import RetentionSweepWorkflow
 
 pytestmark = pytest.mark.temporal
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -97,3 +98,58 @@ async def _latest_sweep_result(client: Client, schedule: Any) -> SweepSummary:
             return await handle.result()
         await asyncio.sleep(0.5)
     raise AssertionError("the schedule never started the sweep")
+
+
+async def test_sweep_finishes_a_terminated_run_and_sweeps_committed_staging_at_once(
+    tmp_path: Path, make_settings: Callable[..., Settings], run_worker: Any, client: Client
+) -> None:
+    connector = protocol_connector(
+        tmp_path,
+        "source-endless",
+        f"""
+        import time
+        record(1, "2024-01-01T00:00:00Z")
+        state("2024-01-01T00:00:00Z")
+        record(2, "2024-01-02T00:00:00Z")
+        open({str(tmp_path / "reading")!r}, "w").close()
+        time.sleep(120)
+        """,
+    )
+    settings = make_settings(
+        items_connection(connector, tmp_path / "w.duckdb"),
+        heartbeat_timeout_seconds=2,
+        batch_records=1,  # every record its own staged batch
+    )
+    sluice = await run_worker(settings)
+    handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
+    await wait_until(lambda: (tmp_path / "reading").exists())
+    await handle.terminate("operator")
+    run_id = handle.result_run_id or ""
+    metadata = sluice.metadata
+    assert metadata.lock_holder("items") is not None  # nothing in the workflow ran after that
+
+    sweep = await client.execute_workflow(
+        RetentionSweepWorkflow.run,
+        SweepRequest(),
+        id=f"sweep-{run_id}",
+        task_queue=settings.task_queue,
+    )
+
+    assert sweep.failed_staging.runs_finished == [run_id]
+    assert metadata.lock_holder("items") is None
+    run = metadata.get_run(run_id)
+    assert run is not None and run["status"] == "failed" and "terminated" in run["error"]
+    staged = sluice.staging_root / "items" / run_id
+    assert run["staging_target"] == staged.as_uri() + "/"
+    assert any(staged.rglob("*.jsonl.gz"))  # not committed: kept for replay until its TTL
+    # A committed run's kept staging (its purge failed) has nothing to replay: swept at once.
+    with metadata.engine.begin() as db:
+        db.execute(update(runs).where(runs.c.run_id == run_id).values(committed=True))
+    sweep = await client.execute_workflow(
+        RetentionSweepWorkflow.run,
+        SweepRequest(),
+        id=f"sweep-again-{run_id}",
+        task_queue=settings.task_queue,
+    )
+    assert sweep.failed_staging.runs == 1 and not staged.exists()
+    assert metadata.get_run(run_id)["staging_swept_at"] is not None
