@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.airbyte_emulator import (
@@ -212,16 +217,21 @@ async def test_cancelling_the_workflow_cancels_the_airbyte_job(
     airbyte_id = add_shop(emu)
     emu.script_job(polls_until_done=10_000)  # runs until cancelled
     settings = airbyte_settings(make_settings, emu, airbyte_id, None)
-    await run_worker(settings)
+    sluice = await run_worker(settings)
     handle = await start_sync(client, settings, SyncRequest(connection_id="shop"))
     await wait_until(lambda: len(emu.requests_to("GET", r"/api/public/v1/jobs/\d+")) >= 2)
 
     await handle.cancel()
-    with pytest.raises(WorkflowFailureError):
+    with pytest.raises(WorkflowFailureError) as failed:
         await handle.result()
     job = emu.jobs[0]
-    assert emu.requests_to("DELETE", rf"/api/public/v1/jobs/{job.job_id}")
+    assert len(emu.requests_to("DELETE", rf"/api/public/v1/jobs/{job.job_id}")) == 1
     assert job.status == "cancelled"
+    assert isinstance(failed.value.cause, CancelledError)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    run = sluice.metadata.get_run(handle.result_run_id or "")
+    assert run is not None and run["status"] == "cancelled"
+    assert sluice.metadata.lock_holder("shop") is None
 
 
 async def test_worker_killed_while_waiting_never_starts_a_second_job(

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import protocol_connector, wait_until, worker_process
 from tests.test_bad_input import items_connection
 from workers.cli import start_sync
 from workers.settings import Settings
+from workers.store.metadata import MetadataStore
 from workflows.models import SyncRequest
 
 pytestmark = pytest.mark.temporal
@@ -100,9 +102,16 @@ async def test_cancelled_mid_sync_leaves_no_raw_log(
     pid = int(pid_file.read_text())
 
     await handle.cancel()
-    with pytest.raises(WorkflowFailureError):
+    with pytest.raises(WorkflowFailureError) as failed:
         await handle.result()
 
+    # Cancelled is cancelled: the workflow ends CANCELED and the run is recorded so.
+    assert isinstance(failed.value.cause, CancelledError)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    metadata = MetadataStore.from_url(settings.resolved_metadata_url)
+    run = metadata.get_run(handle.result_run_id or "")
+    assert run is not None and run["status"] == "cancelled"
+    assert metadata.lock_holder("items") is None
     await wait_until(lambda: not _alive(pid), timeout=15)  # the connector was stopped
     roots = [Path(tempfile.gettempdir()), tmp_path]
     retained = list((settings.state_path / "logs").rglob("attempt-*.log"))
