@@ -150,9 +150,16 @@ class AirbyteActivities:
                 after = await _optional(client.connection_state(plan.airbyte_connection_id))
         finally:
             beating.cancel()
+        streams = (remote.configurations.streams if remote.configurations else None) or []
         scrubber = LogScrubber(
             cursor_values=state_leaf_values([s for s in (before, after) if s is not None]),
             secrets=self._secrets(connection, client),
+            # Metadata Sluice keeps, never taken for cursor values in free text.
+            keep=sorted(
+                {s.name for s in streams}
+                | {s.namespace for s in streams if s.namespace}
+                | {f for s in streams for key in s.primary_key or [] for f in key}
+            ),
             cursor_fields=sorted(
                 {
                     field
