@@ -36,6 +36,10 @@ CONNECTORS_DIR = Path(
 )
 # The payload key of this test session: the test client and every worker it starts share it.
 PAYLOAD_KEYS = new_key_spec("test")
+# The fixed payload key of the histories in tests/histories/ (a test key, not a secret): they are
+# replayed by tests/test_histories.py, so a change that breaks runs in flight fails a test.
+HISTORY_KEYS = "history:5Gg2DNOi8OTRSmr2nuwYYB6SQNcDjUbaJnXWANR/pEA="
+HISTORIES_DIR = REPO / "tests" / "histories"
 FAKER = SourceConfig(package="airbyte-source-faker==7.2.1", command=["source-faker"])
 
 
@@ -161,6 +165,16 @@ def protocol_connector(tmp_path: Path, name: str, read_body: str) -> Path:
     )
     script.chmod(0o755)
     return script
+
+
+async def save_history(handle: Any, name: str) -> None:
+    """Keep the history of a finished run as tests/histories/NAME.json, when the suite is run
+    with SLUICE_RECORD_HISTORIES=1 (see tests/histories/README.md)."""
+    if os.environ.get("SLUICE_RECORD_HISTORIES") != "1":
+        return
+    history = await handle.fetch_history()
+    HISTORIES_DIR.mkdir(exist_ok=True)
+    (HISTORIES_DIR / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:

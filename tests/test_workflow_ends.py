@@ -27,9 +27,11 @@ from temporalio.worker import Worker
 
 from purge.receipts import PurgeReceipt
 from purge.stores import open_store
+from tests.conftest import HISTORY_KEYS, save_history
 from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
 from workers.activities.sync import SyncActivities
 from workers.airbyte.connector import ConnectorInstaller
+from workers.codec import data_converter, parse_keys
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
 from workers.storage import store_options
@@ -44,9 +46,12 @@ from workflows.models import (
     RunPlan,
     RunSyncInput,
     StreamOutcome,
+    SweepOutcome,
+    SweepRequest,
     SyncOutcome,
     SyncRequest,
 )
+from workflows.sweep import RetentionSweepWorkflow
 from workflows.sync import SyncConnectionWorkflow
 
 pytestmark = pytest.mark.temporal
@@ -167,8 +172,20 @@ class StandIns:
     async def airbyte_retain_metadata(self, plan: RunPlan) -> None:
         await self._act(ActivityName.AIRBYTE_RETAIN_METADATA)
 
+    @activity.defn(name=ActivityName.SWEEP_RETAINED_LOGS)
+    async def sweep_retained_logs(self, request: SweepRequest) -> SweepOutcome:
+        await self._act(ActivityName.SWEEP_RETAINED_LOGS)
+        return SweepOutcome(runs=1, objects_deleted=1)
+
+    @activity.defn(name=ActivityName.SWEEP_FAILED_STAGING)
+    async def sweep_failed_staging(self, request: SweepRequest) -> SweepOutcome:
+        await self._act(ActivityName.SWEEP_FAILED_STAGING)
+        return SweepOutcome(runs=2, objects_deleted=5, runs_finished=["r-terminated"])
+
     def all(self) -> list[Any]:
         return [
+            self.sweep_retained_logs,
+            self.sweep_failed_staging,
             self.run_sync,
             self.retain_metadata,
             self.purge_staging,
@@ -204,6 +221,13 @@ async def harness(
     client: Client, tmp_path: Path, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[Callable[..., Any]]:
     workers: list[Worker] = []
+    # Payloads encrypted with the fixed key of recorded histories, so that a history saved
+    # from these runs (SLUICE_RECORD_HISTORIES=1) replays later.
+    client = await Client.connect(
+        client.service_client.config.target_host,
+        namespace=client.namespace,
+        data_converter=data_converter(parse_keys(HISTORY_KEYS)),
+    )
 
     async def start(**overrides: Any) -> Harness:
         settings = make_settings(
@@ -229,7 +253,7 @@ async def harness(
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[SyncConnectionWorkflow],
+            workflows=[SyncConnectionWorkflow, RetentionSweepWorkflow],
             activities=[real.plan_run, real.record_run, real.release_connection, *stand_ins.all()],
             activity_executor=ThreadPoolExecutor(max_workers=4),
         )
@@ -271,6 +295,7 @@ async def test_sync_failing_keeps_staging_for_the_sweep_and_frees_the_lock(harne
     assert row["committed"] is False
     assert ActivityName.PURGE_STAGING not in h.stand_ins.calls  # purge never precedes commit
     _assert_lock_free(h)
+    await save_history(handle, "sync-local-failed")
 
 
 async def test_metadata_that_cannot_be_retained_is_a_warning_not_a_failure(harness: Any) -> None:
@@ -285,6 +310,7 @@ async def test_metadata_that_cannot_be_retained_is_a_warning_not_a_failure(harne
     assert row["status"] == "succeeded" and row["staging_target"] is None
     assert row["warnings"] == summary.warnings
     _assert_lock_free(h)
+    await save_history(handle, "sync-local-succeeded-with-warning")
 
 
 async def test_purge_failing_after_commit_is_recorded_for_the_sweep(harness: Any) -> None:
@@ -335,6 +361,7 @@ async def test_an_airbyte_job_past_its_deadline_is_cancelled_once(harness: Any) 
     assert h.stand_ins.calls.count(ActivityName.AIRBYTE_CANCEL_JOB) == 1
     assert h.run_row(handle)["status"] == "timed_out"
     _assert_lock_free(h, "shop-cloud")
+    await save_history(handle, "sync-airbyte-timed-out")
 
 
 # --- cancelled, at each phase -------------------------------------------------------------
@@ -378,6 +405,7 @@ async def test_cancel_after_the_commit_still_purges_then_ends_cancelled(
     assert row["receipt_id"] == f"purge-{handle.result_run_id}"
     assert row["staging_target"] is None  # purged: nothing left for the sweep
     _assert_lock_free(h)
+    await save_history(handle, f"sync-local-cancelled-at-{phase}")
 
 
 async def test_cancel_while_waiting_for_an_airbyte_job_cancels_the_job(harness: Any) -> None:
@@ -390,6 +418,7 @@ async def test_cancel_while_waiting_for_an_airbyte_job_cancels_the_job(harness: 
     assert h.stand_ins.calls.count(ActivityName.AIRBYTE_CANCEL_JOB) == 1
     assert h.run_row(handle)["status"] == "cancelled"
     _assert_lock_free(h, "shop-cloud")
+    await save_history(handle, "sync-airbyte-cancelled")
 
 
 async def test_airbyte_metadata_lookup_failing_after_success_is_a_warning(harness: Any) -> None:
@@ -401,6 +430,7 @@ async def test_airbyte_metadata_lookup_failing_after_success_is_a_warning(harnes
     assert summary.warnings == ["metadata not retained: airbyte_retain_metadata refused"]
     assert h.run_row(handle)["status"] == "succeeded"
     _assert_lock_free(h, "shop-cloud")
+    await save_history(handle, "sync-airbyte-succeeded-with-warning")
 
 
 # --- terminated: nothing in the workflow runs; the next run or the sweep finishes it --------
@@ -458,3 +488,20 @@ async def test_a_live_run_keeps_its_connection(harness: Any) -> None:
     await first.cancel()
     await _ended(first)
     _assert_lock_free(h)
+
+
+async def test_the_sweep_runs_its_two_phases(harness: Any) -> None:
+    h = await harness()
+    handle = await h.client.start_workflow(
+        RetentionSweepWorkflow.run,
+        SweepRequest(),
+        id=f"sweep-{uuid.uuid4().hex[:8]}",
+        task_queue=h.settings.task_queue,
+    )
+    summary = await handle.result()
+    assert summary.logs.runs == 1 and summary.failed_staging.runs_finished == ["r-terminated"]
+    assert h.stand_ins.calls == [
+        ActivityName.SWEEP_RETAINED_LOGS,
+        ActivityName.SWEEP_FAILED_STAGING,
+    ]
+    await save_history(handle, "sweep")
