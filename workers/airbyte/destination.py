@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import structlog
+
+log = structlog.get_logger(__name__)
 
 STATE_TABLE = "_sluice_state"
 COUNTS_TABLE = "_sluice_run_counts"
@@ -101,15 +104,19 @@ class DuckDBDestination:
         self.connection_id = connection_id
         # DuckDB's default (80% of RAM) lets one load hold gigabytes in its buffer pool.
         self._db = duckdb.connect(str(path), config={"memory_limit": memory_limit})
-        self._db.execute(
-            f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (connection_id VARCHAR, state_key VARCHAR, "
-            "state JSON, run_id VARCHAR, committed_at TIMESTAMPTZ DEFAULT now(), "
-            "PRIMARY KEY (connection_id, state_key))"
-        )
-        self._db.execute(
-            f"CREATE TABLE IF NOT EXISTS {COUNTS_TABLE} (run_id VARCHAR, stream VARCHAR, "
-            "records BIGINT, PRIMARY KEY (run_id, stream))"
-        )
+        try:
+            self._db.execute(
+                f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (connection_id VARCHAR, "
+                "state_key VARCHAR, state JSON, run_id VARCHAR, "
+                "committed_at TIMESTAMPTZ DEFAULT now(), PRIMARY KEY (connection_id, state_key))"
+            )
+            self._db.execute(
+                f"CREATE TABLE IF NOT EXISTS {COUNTS_TABLE} (run_id VARCHAR, stream VARCHAR, "
+                "records BIGINT, PRIMARY KEY (run_id, stream))"
+            )
+        except BaseException:
+            _cleanup_step("closing the DuckDB destination", self._db.close)
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -117,8 +124,13 @@ class DuckDBDestination:
     def __enter__(self) -> DuckDBDestination:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+        else:
+            # The file lock goes with the connection: it is always closed, and a failure to
+            # close never replaces the error that ended the run.
+            _cleanup_step("closing the DuckDB destination", self.close)
 
     def committed_state(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
@@ -183,11 +195,31 @@ class DuckDBDestination:
         """
         # Batches are parsed into temporary tables first, outside the transaction: a typed
         # parse that fails must be retried leniently, and a failed statement would abort it.
-        staged = [
-            (streams[key], self._stage(streams[key], files, index))
-            for index, (key, files) in enumerate(batches.items())
-            if files
-        ]
+        staged: list[tuple[StreamTable, str]] = []
+        try:
+            for index, (key, files) in enumerate(batches.items()):
+                if files:
+                    staged.append((streams[key], self._stage(streams[key], files, index)))
+            return self._commit_staged(staged, run_id, states, replace, forget, counts)
+        finally:
+            # Scratch tables of this commit go, whatever happened (they are temporary: a
+            # connection that cannot drop them loses them when it closes).
+            for _stream, batch in staged:
+                _cleanup_step(
+                    "dropping a staged batch",
+                    lambda batch=batch: self._db.execute(f"DROP TABLE IF EXISTS {batch}"),
+                    quiet=True,
+                )
+
+    def _commit_staged(
+        self,
+        staged: list[tuple[StreamTable, str]],
+        run_id: str,
+        states: Iterable[dict[str, Any]],
+        replace: Sequence[StreamTable],
+        forget: Iterable[str],
+        counts: dict[str, int] | None,
+    ) -> int:
         loaded = 0
         self._db.execute("BEGIN TRANSACTION")
         try:
@@ -216,15 +248,24 @@ class DuckDBDestination:
                 )
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # A failed COMMIT (a full disk) has already ended the transaction, and ROLLBACK
+            # then fails with "no transaction is active": the error that matters is the first.
+            _cleanup_step("rolling back the failed commit", lambda: self._db.execute("ROLLBACK"))
             raise
         return loaded
 
     def discard(self, streams: Iterable[StreamTable]) -> None:
-        """Drop the run-scoped tables of a run that will not complete."""
+        """Drop the run-scoped tables of a run that will not complete: each one is tried, and
+        the first failure is raised once all were."""
+        first: duckdb.Error | None = None
         for stream in streams:
             if stream.replace:
-                self._db.execute(f"DROP TABLE IF EXISTS {stream.load_table}")
+                try:
+                    self._db.execute(f"DROP TABLE IF EXISTS {stream.load_table}")
+                except duckdb.Error as exc:
+                    first = first or exc
+        if first is not None:
+            raise first
 
     def _stage(self, stream: StreamTable, files: list[Path], index: int) -> str:
         """Parse staged batch files into a temporary table of the stream's columns.
@@ -279,7 +320,6 @@ class DuckDBDestination:
         count = self._db.execute(f"SELECT count(*) FROM {batch}").fetchone()
         if stream.mode == "append_dedup" and stream.primary_key:
             self._dedup(stream, batch)
-        self._db.execute(f"DROP TABLE {batch}")
         return int(count[0]) if count else 0
 
     def _dedup(self, stream: StreamTable, batch: str) -> None:
@@ -293,3 +333,13 @@ class DuckDBDestination:
             f"AS rn FROM {stream.load_table} WHERE ({keys}) IN (SELECT {keys} FROM {batch})"
             ") WHERE rn > 1)"
         )
+
+
+def _cleanup_step(what: str, step: Any, *, quiet: bool = False) -> None:
+    """Run one cleanup step; a failure is logged (into the run's log, when one is active)
+    and swallowed: it must never replace the error being handled."""
+    try:
+        step()
+    except Exception as exc:
+        if not quiet:
+            log.warning(f"cleanup: {what} failed", error=f"{type(exc).__name__}: {exc}")

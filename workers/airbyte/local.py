@@ -12,23 +12,38 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import gzip
-import json
 import queue
+import re
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 import duckdb
 import structlog
-from airbyte_protocol.models import AirbyteMessage, TraceType, Type
-from pydantic import BaseModel, Field, ValidationError
+from airbyte_protocol.models import AirbyteMessage, Type
+from pydantic import BaseModel, Field
 
 from purge.stores import StagingStore
-from workers.airbyte.connector import Connector, ConnectorError, configured_catalog
+from workers.airbyte.connector import (
+    MAX_RECORD_BYTES,
+    Connector,
+    ConnectorError,
+    ConnectorExitError,
+    ConnectorProtocolError,
+    configured_catalog,
+    log_message,
+    message_problem,
+    protocol_json,
+    record_problem,
+    record_stream_problem,
+    trace_failure,
+)
 from workers.airbyte.destination import DuckDBDestination, StreamTable, duckdb_type, state_key
 from workers.connections import Connection, StreamConfig
 from workers.runlog import RunLog
@@ -72,6 +87,9 @@ class _Batch:
     key: str
     records: int = 0
     size: int = 0
+    # The connector's stdout line of each record, in order: a record DuckDB refuses is
+    # reported by its line.
+    lines: array[int] = field(default_factory=lambda: array("Q"))
 
 
 class _BatchWriter:
@@ -80,23 +98,47 @@ class _BatchWriter:
     def __init__(self, store: StagingStore, key: str) -> None:
         self.batch = _Batch(key)
         self._stack = contextlib.ExitStack()
-        self._raw: BinaryIO = self._stack.enter_context(store.open_write(key))
-        self._gz = self._stack.enter_context(
-            gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=1)
-        )
+        try:
+            self._raw: BinaryIO = self._stack.enter_context(store.open_write(key))
+            self._gz = self._stack.enter_context(
+                gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=1)
+            )
+        except BaseException as exc:
+            self._fail(exc)
+            raise
 
-    def write(self, line: bytes) -> None:
+    def write(self, line: bytes, number: int) -> None:
         self._gz.write(line if line.endswith(b"\n") else line + b"\n")
+        self.batch.lines.append(number)
         self.batch.records += 1
 
     def close(self) -> _Batch:
-        self._gz.close()
-        self.batch.size = self._raw.tell()
+        try:
+            self._gz.close()
+            self.batch.size = self._raw.tell()
+        except BaseException as exc:
+            self._fail(exc)
+            raise
         self._stack.close()
         return self.batch
 
     def abandon(self) -> None:
+        """Keep what was written, for replay (the run failed); should that fail too (a full
+        disk), the store removes the partial object and the error is raised."""
         self._stack.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        """Close the object as failed (the store removes the partial one); the caller raises
+        `exc`, which a failure of this cleanup must not replace."""
+        try:
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+        except BaseException as cleanup:
+            if cleanup is not exc:
+                log.warning(
+                    "closing a failed batch failed too",
+                    key=self.batch.key,
+                    error=f"{type(cleanup).__name__}: {cleanup}",
+                )
 
 
 class _Committer:
@@ -148,22 +190,45 @@ class _StreamRun:
 
 
 _RECORD_PREFIX = b'{"type":"RECORD","record":{"stream":"'
+_DATA_AFTER_STREAM = b'","data":{'
+_MAX_RECORD_LINE = MAX_RECORD_BYTES + 1  # with its newline
+_STREAM_FIELD = re.compile(rb'"stream"\s*:\s*"([^"\\]{1,256})"')
 
 
 def _record_stream(line: bytes) -> str | None:
     """The stream of a RECORD line as the Python CDK prints it, without parsing the record.
 
     Records are most of the traffic, and parsing each one only to route it costs as much CPU as
-    a good share of the connector's own work. Anything not in that exact shape (other key
-    order, escapes in the name, a namespace) returns None and is parsed in full.
+    a good share of the connector's own work. So only cheap checks run here: the exact CDK
+    shape up to an object ``data``, a whole line (ending in ``}`` and a newline), the size
+    limit, and valid UTF-8 (decoded only when the line is not ASCII). Anything else (other key
+    order, escapes in the name, a namespace, a line that fails a check) returns None and is
+    parsed and checked in full; what only a parse could find, DuckDB finds at the commit, and
+    the batch is then checked in full to name the line.
     """
     if not line.startswith(_RECORD_PREFIX):
         return None
     end = line.find(b'"', len(_RECORD_PREFIX))
-    name = line[len(_RECORD_PREFIX) : end]
-    if end < 0 or b"\\" in name or b'"namespace"' in line:
+    if (
+        end < 0
+        or not line.startswith(_DATA_AFTER_STREAM, end)
+        or not line.endswith(b"}\n")
+        or len(line) > _MAX_RECORD_LINE
+    ):
         return None
+    name = line[len(_RECORD_PREFIX) : end]
+    if b"\\" in name or b'"namespace"' in line:
+        return None
+    if not line.isascii():
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     return name.decode("utf-8")
+
+
+def _record_size(line: bytes) -> int:
+    return len(line) - (1 if line.endswith(b"\n") else 0)
 
 
 def _columns(properties: dict[str, Any]) -> dict[str, str]:
@@ -176,14 +241,6 @@ def _columns(properties: dict[str, Any]) -> dict[str, str]:
             seen.add(name.lower())
             columns[name] = duckdb_type(schema if isinstance(schema, dict) else {})
     return columns
-
-
-def _parse(line: bytes) -> dict[str, Any] | None:
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return None
-    return message if isinstance(message, dict) and "type" in message else None
 
 
 def stream_id(name: str, namespace: str | None) -> str:
@@ -227,9 +284,10 @@ class LocalSync:
         self.after_state: list[dict[str, Any]] = []
         self.cursor_fields: set[str] = set()
         self._reset = False
+        self._run_log: RunLog | None = None
         self._declared_streams: list[str] = [s.name for s in connection.streams]
 
-    def _catalog(self) -> dict[str, Any]:
+    def _catalog(self, run_log: RunLog) -> dict[str, Any]:
         """The source's catalog: discovered on the first run and after a change of the source's
         command or config; cached in the metadata store otherwise (discover costs a connector
         start-up on every run, as much as a small sync)."""
@@ -240,10 +298,14 @@ class LocalSync:
                 catalog, self.spec = cached
                 return catalog
         log.info("discovering streams", connection=self.connection.id)
+
+        def connector_log(level: str, text: str) -> None:
+            run_log.write("connector", level, text)
+
         # Two connector start-ups; side by side they cost one.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            spec = pool.submit(self.connector.spec)
-            catalog = self.connector.discover(self.config)
+            spec = pool.submit(self.connector.spec, connector_log)
+            catalog = self.connector.discover(self.config, connector_log)
             self.spec = spec.result()
         if self._catalog_cache is not None:
             self._catalog_cache.cache_catalog(
@@ -366,7 +428,8 @@ class LocalSync:
         resume: SyncProgress | None,
     ) -> SyncOutcome:
         self._reset = reset
-        streams = self._plan_streams(self._catalog(), only, reset)
+        self._run_log = run_log
+        streams = self._plan_streams(self._catalog(run_log), only, reset)
         self.cursor_fields = {field for s in streams.values() for field in s.cursor_field}
         committed = destination.committed_state()
         # Kept for the scrubber: connectors print the state they start from.
@@ -375,9 +438,6 @@ class LocalSync:
         if resume:
             progress.bytes_staged, progress.batches = resume.bytes_staged, resume.batches
             progress.states = resume.states
-        destination.prepare([s.table for s in streams.values()], self.run_id)
-        # Counts are committed with the records they count: exact across retried attempts.
-        progress.records = destination.run_counts(self.run_id)
         catalog = configured_catalog(
             [
                 {
@@ -398,92 +458,102 @@ class LocalSync:
         files: dict[str, Any] = {"config": self.config, "catalog": catalog}
         if input_state is not None:
             files["state"] = input_state
-        log.info("reading", streams=len(streams), incremental=input_state is not None)
 
         held_states: dict[str, dict[str, Any]] = {}
         pending_states: dict[str, dict[str, Any]] = {}
         trace_error: AirbyteMessage | None = None
+        # A last line that fails a check but has no newline may have been cut short by the
+        # connector's end: the exit status decides what is reported.
+        cut_short: ConnectorProtocolError | None = None
+        where = f"connector {self.connector.name} read"
+
+        def connector_log(level: str, text: str) -> None:
+            run_log.write("connector", level, text)
+
         last_beat = time.monotonic()
         committer = _Committer()
         try:
-            with self.connector.read_lines(
-                ["read"], files, on_stderr=lambda line: run_log.write("connector", "stderr", line)
-            ) as lines:
-                for line in lines:
-                    if not line.lstrip().startswith(b"{"):
-                        run_log.write("connector", "stdout", line.decode("utf-8", "replace"))
-                        continue
-                    sid = _record_stream(line)
-                    raw = _parse(line) if sid is None else None
-                    if sid is None and raw is None:
-                        # Not a protocol message (a library printing JSON): kept as a log line.
-                        run_log.write("connector", "stdout", line.decode("utf-8", "replace"))
-                        continue
-                    if raw is not None and raw.get("type") == "RECORD":
-                        record = raw["record"]
-                        sid = stream_id(record["stream"], record.get("namespace"))
-                    if sid is not None:
-                        stream = streams.get(sid)
-                        if stream is None:
-                            run_log.write("sluice", "warn", f"record for unselected stream {sid}")
-                            continue
-                        self._write_record(stream, sid, line, progress)
-                    else:
-                        assert raw is not None
-                        try:
-                            message = AirbyteMessage.model_validate(raw)
-                        except ValidationError:
+            destination.prepare([s.table for s in streams.values()], self.run_id)
+            # Counts are committed with the records they count: exact across retried attempts.
+            progress.records = destination.run_counts(self.run_id)
+            log.info("reading", streams=len(streams), incremental=input_state is not None)
+            try:
+                with self.connector.read_lines(
+                    ["read"],
+                    files,
+                    on_stderr=lambda line: run_log.write("connector", "stderr", line),
+                ) as lines:
+                    for number, line in enumerate(lines, 1):
+                        if not line.lstrip().startswith(b"{"):
                             run_log.write("connector", "stdout", line.decode("utf-8", "replace"))
                             continue
-                        if message.type == Type.STATE and message.state is not None:
-                            state = message.state.model_dump(mode="json", exclude_none=True)
-                            state.pop("sourceStats", None)
-                            state.pop("destinationStats", None)
-                            pending_states[state_key(state)] = state
-                            self.seen_states.append(state)
-                            if sum(self._pending_records(streams).values()) >= self.batch_records:
-                                self._commit(
-                                    committer,
-                                    destination,
-                                    streams,
-                                    pending_states,
-                                    held_states,
-                                    progress,
-                                    final=False,
+                        sid = _record_stream(line)
+                        if sid is not None:
+                            stream = streams.get(sid)
+                            if stream is None:
+                                run_log.write(
+                                    "sluice", "warn", f"record for unselected stream {sid}"
                                 )
-                        elif message.type == Type.TRACE and message.trace is not None:
-                            trace_error = self._trace(run_log, message) or trace_error
+                            else:
+                                self._write_record(stream, sid, line, number, progress)
                         else:
-                            self._log_message(run_log, message)
-                    now = time.monotonic()
-                    if now - last_beat > _HEARTBEAT_EVERY_SECONDS:
-                        last_beat = now
-                        self._heartbeat(progress)
-                        if self._cancelled():
-                            raise ConnectorError("run cancelled", failure_type="cancelled")
+                            try:
+                                message = self._message(
+                                    line, number, streams, progress, where, run_log
+                                )
+                            except ConnectorProtocolError as exc:
+                                if line.endswith(b"\n"):
+                                    raise
+                                cut_short = exc
+                                message = None
+                            if message is None:
+                                pass  # staged, logged, or held back (cut short)
+                            elif message.type == Type.STATE and message.state is not None:
+                                state = message.state.model_dump(mode="json", exclude_none=True)
+                                state.pop("sourceStats", None)
+                                state.pop("destinationStats", None)
+                                pending_states[state_key(state)] = state
+                                self.seen_states.append(state)
+                                pending = sum(self._pending_records(streams).values())
+                                if pending >= self.batch_records:
+                                    self._commit(
+                                        committer,
+                                        destination,
+                                        streams,
+                                        pending_states,
+                                        held_states,
+                                        progress,
+                                        final=False,
+                                    )
+                            else:
+                                trace_error = log_message(connector_log, message) or trace_error
+                        now = time.monotonic()
+                        if now - last_beat > _HEARTBEAT_EVERY_SECONDS:
+                            last_beat = now
+                            self._heartbeat(progress)
+                            if self._cancelled():
+                                raise ConnectorError("run cancelled", failure_type="cancelled")
+            except ConnectorExitError as exc:
+                # A TRACE error says why the connector ended: its message, and its failure
+                # type, win over the exit code (the Python CDK exits 1 after one).
+                if trace_error is None:
+                    raise
+                run_log.write("sluice", "error", str(exc))
+                raise trace_failure(trace_error) from None
             if self.connector.terminated or self._cancelled():
                 # The connector was stopped: its output may just have ended early. Committing
                 # now would swap a partial table in for a whole one.
                 raise ConnectorError("run cancelled", failure_type="cancelled")
-            if trace_error is not None and trace_error.trace and trace_error.trace.error:
-                error = trace_error.trace.error
-                failure_type = error.failure_type.value if error.failure_type else None
-                raise ConnectorError(
-                    f"connector reported an error ({failure_type or 'unknown'}): {error.message}",
-                    failure_type=failure_type,
-                )
+            if trace_error is not None:
+                raise trace_failure(trace_error)
+            if cut_short is not None:
+                raise cut_short
             self._commit(
                 committer, destination, streams, pending_states, held_states, progress, final=True
             )
             committer.close()
-        except BaseException:
-            for stream in streams.values():
-                if stream.writer is not None:
-                    stream.writer.abandon()
-            # Commits already handed over finish first: each is whole and consistent.
-            with contextlib.suppress(BaseException):
-                committer.close()
-            destination.discard(s.table for s in streams.values())
+        except BaseException as failure:
+            self._clean_up(failure, run_log, streams, committer, destination)
             raise
         self._heartbeat(progress)
         log.info(
@@ -509,8 +579,53 @@ class LocalSync:
             incremental=input_state is not None,
         )
 
+    def _message(
+        self,
+        line: bytes,
+        number: int,
+        streams: dict[str, _StreamRun],
+        progress: SyncProgress,
+        where: str,
+        run_log: RunLog,
+    ) -> AirbyteMessage | None:
+        """A line the fast path did not take, parsed and checked in full. A RECORD is staged
+        here; another protocol message is returned; a line that is not a protocol message is
+        logged. Raises ConnectorProtocolError naming the line (and the stream) for a protocol
+        message that cannot be taken."""
+        raw, problem = protocol_json(line)
+        sid = None
+        if raw is not None and raw.get("type") == "RECORD":
+            name, namespace, stream_problem = record_stream_problem(raw)
+            problem = problem or stream_problem
+            if name is not None:
+                sid = stream_id(name, namespace)
+                stream = streams.get(sid)
+                if stream is None:
+                    run_log.write("sluice", "warn", f"record for unselected stream {sid}")
+                    return None
+                problem = problem or record_problem(raw, _record_size(line))
+                if problem is None:
+                    self._write_record(stream, sid, line, number, progress)
+                    return None
+        elif raw is not None and problem is None:
+            message, problem = message_problem(raw)
+            if message is not None:
+                return message
+        if problem is not None:
+            if sid is None:
+                # A line that does not parse: its stream as far as it can be told, named only
+                # when it is one of the run's (a name Sluice knows, never a value).
+                match = _STREAM_FIELD.search(line, 0, 4096)
+                named = match.group(1).decode("utf-8", "replace") if match else None
+                sid = named if named in streams else None
+            stream_part = f", stream {sid!r}" if sid is not None else ""
+            raise ConnectorProtocolError(f"{where}: stdout line {number}{stream_part}: {problem}")
+        # Not a protocol message (a library printing JSON): kept as a log line.
+        run_log.write("connector", "stdout", line.decode("utf-8", "replace"))
+        return None
+
     def _write_record(
-        self, stream: _StreamRun, sid: str, line: bytes, progress: SyncProgress
+        self, stream: _StreamRun, sid: str, line: bytes, number: int, progress: SyncProgress
     ) -> None:
         if stream.writer is None:
             stream.batch_number += 1
@@ -519,9 +634,45 @@ class LocalSync:
                 f"{quote(sid, safe='')}/{stream.batch_number:06d}.jsonl.gz"
             )
             stream.writer = _BatchWriter(self.store, key)
-        stream.writer.write(line)
+        stream.writer.write(line, number)
         if stream.writer.batch.records >= self.batch_records:
             self._rotate(stream, progress)
+
+    def _clean_up(
+        self,
+        failure: BaseException,
+        run_log: RunLog,
+        streams: dict[str, _StreamRun],
+        committer: _Committer,
+        destination: DuckDBDestination,
+    ) -> None:
+        """After a failed attempt: close the open batches (kept for replay), let the commits
+        already handed over finish (each is whole and consistent) and join the commit thread,
+        drop the run-scoped tables. Every step runs even when one before it failed; a step
+        that fails is logged and never replaces `failure`."""
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (f"closing batch {s.writer.batch.key}", s.writer.abandon)
+            for s in streams.values()
+            if s.writer is not None
+        ]
+        steps.append(("waiting for the commits handed over", committer.close))
+        steps.append(
+            (
+                "dropping the run-scoped tables",
+                lambda: destination.discard(s.table for s in streams.values()),
+            )
+        )
+        for what, step in steps:
+            try:
+                step()
+            except BaseException as exc:
+                if exc is failure:  # the commit thread's own failure, raised again
+                    continue
+                run_log.write(
+                    "sluice", "warn", f"cleanup: {what} failed: {type(exc).__name__}: {exc}"
+                )
+        for stream in streams.values():
+            stream.writer = None
 
     def _rotate(self, stream: _StreamRun, progress: SyncProgress) -> None:
         if stream.writer is not None:
@@ -601,15 +752,28 @@ class LocalSync:
                     for sid, pending in batches.items()
                 }
                 counts = {sid: sum(b.records for b in pending) for sid, pending in batches.items()}
-                destination.commit(
-                    paths,
-                    tables,
-                    to_commit,
-                    self.run_id,
-                    replace=replace,
-                    forget=forget,
-                    counts=counts,
-                )
+                try:
+                    destination.commit(
+                        paths,
+                        tables,
+                        to_commit,
+                        self.run_id,
+                        replace=replace,
+                        forget=forget,
+                        counts=counts,
+                    )
+                except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+                    # A record the fast path let through that DuckDB cannot read: find it,
+                    # and name its line. DuckDB's own text (it may quote the record) stays in
+                    # the run's log.
+                    bad = self._bad_record(batches, paths)
+                    if bad is None:
+                        raise
+                    if self._run_log is not None:  # not the console: the text may quote values
+                        self._run_log.write(
+                            "sluice", "warn", f"DuckDB refused a batch: {type(exc).__name__}: {exc}"
+                        )
+                    raise bad from None
             for sid, count in counts.items():
                 progress.records[sid] = progress.records.get(sid, 0) + count
             progress.states += len(to_commit)
@@ -618,37 +782,25 @@ class LocalSync:
 
         committer.submit(commit)
 
-    @staticmethod
-    def _trace(run_log: RunLog, message: AirbyteMessage) -> AirbyteMessage | None:
-        trace = message.trace
-        assert trace is not None
-        if trace.type == TraceType.ERROR and trace.error is not None:
-            error = trace.error
-            failure_type = error.failure_type.value if error.failure_type else "unknown"
-            run_log.write("connector", "error", f"TRACE ERROR ({failure_type}): {error.message}")
-            if error.internal_message:
-                run_log.write("connector", "error", f"internal: {error.internal_message}")
-            if error.stack_trace:
-                run_log.write("connector", "error", error.stack_trace)
-            return message
-        if trace.type == TraceType.STREAM_STATUS and trace.stream_status is not None:
-            status = trace.stream_status
-            run_log.write(
-                "connector",
-                "trace",
-                f"STREAM_STATUS {status.stream_descriptor.name} {status.status.value}",
-            )
-        elif trace.type == TraceType.ESTIMATE and trace.estimate is not None:
-            run_log.write("connector", "trace", f"ESTIMATE {trace.estimate.name}")
-        else:
-            run_log.write("connector", "trace", f"{trace.type.value}")
+    def _bad_record(
+        self, batches: dict[str, list[_Batch]], paths: dict[str, list[Path]]
+    ) -> ConnectorProtocolError | None:
+        """The first staged record of these batches that fails the full check, if any."""
+        where = f"connector {self.connector.name} read"
+        for sid, pending in batches.items():
+            for batch, path in zip(pending, paths[sid], strict=True):
+                with gzip.open(path, "rb") as staged:
+                    for index, line in enumerate(staged):
+                        raw, problem = protocol_json(line)
+                        if problem is None and raw is not None:
+                            problem = record_stream_problem(raw)[2] or record_problem(
+                                raw, _record_size(line)
+                            )
+                        elif problem is None:
+                            problem = "not a RECORD message"
+                        if problem is not None:
+                            number = batch.lines[index] if index < len(batch.lines) else "?"
+                            return ConnectorProtocolError(
+                                f"{where}: stdout line {number}, stream {sid!r}: {problem}"
+                            )
         return None
-
-    @staticmethod
-    def _log_message(run_log: RunLog, message: AirbyteMessage) -> None:
-        if message.type == Type.LOG and message.log is not None:
-            run_log.write("connector", message.log.level.value, message.log.message)
-            if message.log.stack_trace:
-                run_log.write("connector", message.log.level.value, message.log.stack_trace)
-        elif message.type == Type.CONTROL:
-            run_log.write("connector", "control", "CONTROL message (config update not applied)")
