@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     heartbeat_timeout_seconds: float = Field(
         default=60, gt=0, description="How long a silent activity may go before it is retried."
     )
+    stall_timeout_seconds: float = Field(
+        default=600,
+        gt=0,
+        description="a local connector that prints nothing (stdout or stderr) for this long is "
+        "stopped, and its attempt fails as stalled (and is retried)",
+    )
     airbyte_api_url: str | None = Field(
         default=None,
         description="Airbyte public API: https://api.airbyte.com/v1 (Cloud) or "

@@ -209,7 +209,7 @@ class SyncActivities:
                 argv = self.installer.argv(connection.source)
                 sync = LocalSync(
                     connection=connection,
-                    connector=Connector(argv),
+                    connector=Connector(argv, stall_timeout=self.settings.stall_timeout_seconds),
                     config=config,
                     store=open_store(plan.staging_uri, store_options(self.settings)),
                     prefix=plan.staging_prefix,
@@ -230,13 +230,17 @@ class SyncActivities:
             except SyncConfigError as exc:
                 failure = _fail("InvalidConnection", str(exc))
             except ConnectorError as exc:
-                # A connector's own configuration error, or a cancellation, is final; anything
-                # else (an upstream 502, a crash) may pass: the attempt is retried from the
-                # committed state, as Airbyte retries attempts.
+                # Classified where it was raised. ConnectorFailed: a connector's own
+                # configuration error, or a cancellation, is final; anything else (an upstream
+                # 502, a crash, a stall) may pass, and the attempt is retried from the committed
+                # state, as Airbyte retries attempts. ConnectorProtocolError: output Sluice
+                # cannot take (a RECORD without its stream or an object data, invalid UTF-8, a
+                # malformed message, a bad catalog, an oversized record) fails the same way
+                # again: final, its message naming the stream and stdout line, never a value.
                 failure = ApplicationError(
                     f"connection {connection.id!r}: {exc}",
-                    type="ConnectorFailed",
-                    non_retryable=exc.failure_type in ("config_error", "cancelled"),
+                    type=exc.error_type,
+                    non_retryable=not exc.retryable,
                 )
             except Exception as exc:
                 # Whatever else went wrong may quote record values (a DuckDB cast error, a
@@ -307,10 +311,17 @@ class SyncActivities:
         secrets = secret_values(connection, config)
         if sync is not None and sync.spec is not None:
             secrets += spec_secret_values(sync.spec, config)
+        # Stream names, namespaces and key field names are metadata Sluice keeps: never taken
+        # for cursor values in free text.
+        keep = {s.name for s in connection.streams} | {
+            s.namespace for s in connection.streams if s.namespace
+        }
+        keep |= {field for s in connection.streams for key in s.primary_key for field in key}
         return LogScrubber(
             cursor_values=state_leaf_values(states),
             secrets=secrets,
             cursor_fields=sorted(cursor_fields),
+            keep=sorted(keep),
         )
 
     @activity.defn(name=ActivityName.RETAIN_METADATA)
