@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-import subprocess
-import sys
-import textwrap
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,8 +13,12 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.connections import items_connection, protocol_connector, write_connections
+from tests.support.histories import HISTORIES_DIR, HISTORY_KEYS, save_history
+from tests.support.processes import free_port, wait_until, worker_process
+from tests.support.session import CONNECTORS_DIR, PAYLOAD_KEYS, REPO
 from workers.airbyte.connector import ConnectorInstaller
-from workers.codec import data_converter, new_key_spec, parse_keys
+from workers.codec import data_converter, parse_keys
 from workers.connections import SourceConfig
 from workers.devserver import temporal_cli
 from workers.runlog import configure_logging
@@ -28,25 +26,27 @@ from workers.settings import Settings
 from workers.store.metadata import MetadataStore
 from workers.worker import build_worker
 
-REPO = Path(__file__).resolve().parent.parent
+# The helpers live in tests/support/; these names stay importable from here for the modules
+# that take them from tests.conftest.
+__all__ = [
+    "CONNECTORS_DIR",
+    "FAKER",
+    "HISTORIES_DIR",
+    "HISTORY_KEYS",
+    "PAYLOAD_KEYS",
+    "REPO",
+    "Sluice",
+    "free_port",
+    "items_connection",
+    "protocol_connector",
+    "save_history",
+    "wait_until",
+    "worker_process",
+    "write_connections",
+]
+
 configure_logging("WARNING")
-CONNECTORS_DIR = Path(
-    # Shared across test sessions: installing a connector takes half a minute.
-    REPO / ".cache" / "connectors"
-)
-# The payload key of this test session: the test client and every worker it starts share it.
-PAYLOAD_KEYS = new_key_spec("test")
-# The fixed payload key of the histories in tests/histories/ (a test key, not a secret): they are
-# replayed by tests/test_histories.py, so a change that breaks runs in flight fails a test.
-HISTORY_KEYS = "history:5Gg2DNOi8OTRSmr2nuwYYB6SQNcDjUbaJnXWANR/pEA="
-HISTORIES_DIR = REPO / "tests" / "histories"
 FAKER = SourceConfig(package="airbyte-source-faker==7.2.1", command=["source-faker"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +91,6 @@ class Sluice:
         return self.settings.state_path / "staging"
 
 
-def write_connections(path: Path, body: str) -> Path:
-    path.write_text(textwrap.dedent(body), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def make(connections: str, **overrides: Any) -> Settings:
@@ -125,91 +120,3 @@ async def run_worker(client: Client) -> AsyncIterator[Callable[[Settings], Any]]
     yield start
     for worker in reversed(workers):
         await worker.__aexit__(None, None, None)
-
-
-def protocol_connector(tmp_path: Path, name: str, read_body: str) -> Path:
-    """A small Airbyte protocol source written in Python, for failure cases real sources
-    cannot be made to produce on demand. `read_body` prints the messages of `read`."""
-    script = tmp_path / name
-    script.write_text(
-        f"#!{sys.executable}\n"
-        + textwrap.dedent(
-            """
-            import json, sys
-            def emit(message):
-                print(json.dumps(message), flush=True)
-            SCHEMA = {"type": "object", "properties": {
-                "id": {"type": "integer"}, "updated_at": {"type": "string"}}}
-            verb = sys.argv[1]
-            if verb == "spec":
-                emit({"type": "SPEC", "spec": {"connectionSpecification": {}}})
-            elif verb == "check":
-                emit({"type": "CONNECTION_STATUS", "connectionStatus": {"status": "SUCCEEDED"}})
-            elif verb == "discover":
-                emit({"type": "CATALOG", "catalog": {"streams": [{"name": "items",
-                    "json_schema": SCHEMA, "supported_sync_modes": ["full_refresh", "incremental"],
-                    "source_defined_cursor": True, "default_cursor_field": ["updated_at"],
-                    "source_defined_primary_key": [["id"]]}]}})
-            elif verb == "read":
-                def record(i, updated_at):
-                    emit({"type": "RECORD", "record": {"stream": "items",
-                          "data": {"id": i, "updated_at": updated_at},
-                          "emitted_at": 1700000000000}})
-                def state(updated_at):
-                    emit({"type": "STATE", "state": {"type": "STREAM", "stream": {
-                          "stream_descriptor": {"name": "items"},
-                          "stream_state": {"updated_at": updated_at}}}})
-            """
-        )
-        + textwrap.indent(textwrap.dedent(read_body), "    ")
-    )
-    script.chmod(0o755)
-    return script
-
-
-async def save_history(handle: Any, name: str) -> None:
-    """Keep the history of a finished run as tests/histories/NAME.json, when the suite is run
-    with SLUICE_RECORD_HISTORIES=1 (see tests/histories/README.md)."""
-    if os.environ.get("SLUICE_RECORD_HISTORIES") != "1":
-        return
-    history = await handle.fetch_history()
-    HISTORIES_DIR.mkdir(exist_ok=True)
-    (HISTORIES_DIR / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.1)
-
-
-def worker_process(
-    settings: Settings,
-    temporal_env: WorkflowEnvironment,
-    log: Path,
-    extra_env: dict[str, str] | None = None,
-) -> subprocess.Popen[bytes]:
-    """`sluice worker` in a process of its own (so that a test can SIGKILL it), configured
-    like `settings` through the environment, as a deployment configures it."""
-    env = {
-        **os.environ,
-        **(extra_env or {}),
-        "SLUICE_STATE_DIR": str(settings.state_path),
-        "SLUICE_CONNECTIONS_FILE": str(settings.connections_file),
-        "SLUICE_CONNECTORS_DIR": str(settings.connectors_dir),
-        "SLUICE_TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
-        "SLUICE_TASK_QUEUE": settings.task_queue,
-        "SLUICE_HEARTBEAT_TIMEOUT_SECONDS": str(settings.heartbeat_timeout_seconds),
-        "SLUICE_PAYLOAD_KEYS": settings.payload_keys or "",
-    }
-    with open(log, "wb") as output:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "sluice"), "worker"],
-            env=env,
-            stdout=output,
-            stderr=output,
-        )

@@ -24,7 +24,7 @@ from tests.airbyte_emulator import (
     stream_state,
 )
 from tests.airbyte_emulator import airbyte_emulator_fixture as airbyte_emulator_fixture
-from tests.conftest import wait_until, worker_process
+from tests.support.processes import wait_until, worker_process
 from workers.cli import start_sync
 from workers.settings import Settings
 from workflows.models import SyncRequest, SyncSummary

@@ -15,7 +15,8 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from tests.conftest import REPO, protocol_connector
+from tests.support.connections import items_connection, protocol_connector
+from tests.support.session import REPO
 from workers.cli import start_sync
 from workers.connections import ConnectionsFile, ConnectionsFileError
 from workers.settings import Settings
@@ -23,21 +24,6 @@ from workflows.models import SyncRequest, SyncSummary
 from workflows.sync import SyncConnectionWorkflow
 
 pytestmark = pytest.mark.temporal
-
-
-def items_connection(command: Path | str, warehouse: Path) -> str:
-    return f"""
-        [[connections]]
-        id = "items"
-        [connections.source]
-        command = ["{command}"]
-        [connections.destination]
-        path = "{warehouse}"
-        [[connections.streams]]
-        name = "items"
-        sync_mode = "incremental"
-        destination_mode = "append"
-    """
 
 
 async def failure_of(client: Client, settings: Settings, request: SyncRequest) -> ApplicationError:

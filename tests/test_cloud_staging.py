@@ -18,9 +18,10 @@ from botocore.client import BaseClient
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import REPO, protocol_connector, worker_process
 from tests.s3_server import DUMMY_CREDENTIALS, REGION, bucket, s3_client, s3_endpoint, seed_objects
-from tests.test_bad_input import items_connection
+from tests.support.connections import items_connection, protocol_connector
+from tests.support.processes import worker_process
+from tests.support.session import REPO
 from workers.cli import start_sync
 from workers.settings import Settings
 from workers.store.metadata import MetadataStore

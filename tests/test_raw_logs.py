@@ -18,8 +18,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import protocol_connector, wait_until, worker_process
-from tests.test_bad_input import items_connection
+from tests.support.connections import items_connection, protocol_connector
+from tests.support.processes import wait_until, worker_process
 from workers.cli import start_sync
 from workers.settings import Settings
 from workers.store.metadata import MetadataStore

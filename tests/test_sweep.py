@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import update
 from temporalio.client import Client, WorkflowFailureError
 
-from tests.conftest import protocol_connector, wait_until
-from tests.test_bad_input import items_connection
+from tests.support.connections import items_connection, protocol_connector
+from tests.support.processes import wait_until
 from workers.cli import start_sync
 from workers.connections import ConnectionsFile
 from workers.schedules import SWEEP_SCHEDULE_ID, apply_schedules

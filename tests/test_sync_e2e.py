@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Replayer
 
 from purge.scrub import MIN_FREE_TEXT_LENGTH, state_leaf_values
-from tests.conftest import PAYLOAD_KEYS
+from tests.support.session import PAYLOAD_KEYS
 from workers.cli import start_sync
 from workers.codec import EncryptionCodec, data_converter, parse_keys
 from workers.settings import Settings
