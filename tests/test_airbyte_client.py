@@ -110,6 +110,27 @@ async def test_retries_transient_failures_and_not_client_errors(
     await client.aclose()
 
 
+async def test_a_call_that_times_out_is_retried(airbyte_emulator: AirbyteEmulator) -> None:
+    """Timeouts are transient: retried, and once attempts run out, a retryable error. The
+    delays are far longer than the client waits, so only its timeout can end those calls; no
+    test clock or wall-time bound is involved."""
+    emu = airbyte_emulator
+    connection = emu.add_connection()
+    path = r"/api/public/v1/connections/.*"
+    client = client_for(emu, timeout_seconds=0.3, max_attempts=2)
+
+    emu.delay(path, 60.0, count=1)
+    assert (await client.connection(connection.connection_id)).name == connection.name
+    assert len(emu.requests_to("GET", path)) == 2  # the timed-out call, then the retry
+
+    emu.delay(path, 60.0, count=2)
+    with pytest.raises(AirbyteApiError, match="Timeout") as exhausted:
+        await client.connection(connection.connection_id)
+    assert exhausted.value.retryable
+    assert len(emu.requests_to("GET", path)) == 4
+    await client.aclose()
+
+
 async def test_cancelling_a_finished_job_is_fine(airbyte_emulator: AirbyteEmulator) -> None:
     emu = airbyte_emulator
     connection = emu.add_connection()
