@@ -12,7 +12,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-import purge.scrub as scrub_module
+import purge.scrub.scanner as scanner_module
 from purge.scrub import (
     MIN_BASE64_LENGTH,
     MIN_FREE_TEXT_LENGTH,
@@ -468,7 +468,7 @@ def test_large_value_sets_use_the_nfa_and_find_the_same(monkeypatch: pytest.Monk
     values = tuple(f"cursor-{index:05d}" for index in range(200))
     text = "".join(f"line {index} cursor-{index:05d} end\n" for index in range(0, 400, 3))
     expected = scrubber(cursor_values=values).scrub_text(text)
-    monkeypatch.setattr(scrub_module, "_DFA_MAX_PATTERN_BYTES", 0)
+    monkeypatch.setattr(scanner_module, "_DFA_MAX_PATTERN_BYTES", 0)
     assert scrubber(cursor_values=values).scrub_text(text) == expected
     assert expected.count(CURSOR) == len(range(0, 200, 3))
 
@@ -520,7 +520,7 @@ def test_scrub_text_chunks_and_stream_agree_with_scrub_line() -> None:
 
 
 def test_scrub_chunks_handles_blocks_and_long_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scrub_module, "_BLOCK_CHARS", 100)
+    monkeypatch.setattr(scanner_module, "_BLOCK_CHARS", 100)
     s = scrubber(cursor_values=("needle-value",))
     text = ("x" * 250 + " needle-value\n") + "short needle-value\n" * 20 + "tail needle-value"
     out = "".join(s.scrub_chunks(text[i : i + 30] for i in range(0, len(text), 30)))

@@ -18,14 +18,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from purge.scrub import (
-    _STRUCTURE_TRIGGERS,
     MIN_BASE64_LENGTH,
     MIN_FREE_TEXT_LENGTH,
     LogScrubber,
     RedactionKind,
-    _value_spellings,
     state_leaf_values,
 )
+from purge.scrub.patterns import _STRUCTURE_TRIGGERS
+from purge.scrub.spellings import _value_spellings
 
 SETTINGS = settings(
     max_examples=400,

@@ -35,19 +35,9 @@ One module per concern:
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-from typing import Any
-
-from purge.scrub import scanner
-from purge.scrub.patterns import _STRUCTURE_TRIGGERS as _STRUCTURE_TRIGGERS
-from purge.scrub.scanner import _BATCH_LINES as _BATCH_LINES
-from purge.scrub.scanner import _BLOCK_CHARS as _BLOCK_CHARS
-from purge.scrub.scanner import _DFA_MAX_PATTERN_BYTES as _DFA_MAX_PATTERN_BYTES
 from purge.scrub.scanner import LogScrubber
 from purge.scrub.spans import RedactionKind
 from purge.scrub.spellings import MIN_BASE64_LENGTH, MIN_FREE_TEXT_LENGTH
-from purge.scrub.spellings import _value_spellings as _value_spellings
 from purge.scrub.values import (
     METADATA_STATE_KEYS,
     SECRET_KEY_WORDS,
@@ -65,20 +55,3 @@ __all__ = [
     "spec_secret_values",
     "state_leaf_values",
 ]
-
-# The private names above are re-exported for the tests, which import them from here (as they did
-# when the scrubber was a single module). The tests also tune the scanner through this package
-# (``monkeypatch.setattr(purge.scrub, "_BLOCK_CHARS", 100)``), but the scanner reads its own
-# globals: setting one of its tunables here passes the value on to it, so that such a patch (and
-# its undoing) still reaches the code it is meant for.
-_SCANNER_TUNABLES = frozenset({"_BATCH_LINES", "_BLOCK_CHARS", "_DFA_MAX_PATTERN_BYTES"})
-
-
-class _ScrubPackage(ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SCANNER_TUNABLES:
-            setattr(scanner, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _ScrubPackage
