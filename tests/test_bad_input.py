@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import subprocess
@@ -15,7 +14,8 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from tests.support.connections import items_connection, protocol_connector
+from tests.support.connections import items_connection, protocol_connector, wait_for_file
+from tests.support.processes import wait_until
 from tests.support.session import REPO
 from workers.cli import start_sync
 from workers.connections import ConnectionsFile, ConnectionsFileError
@@ -206,16 +206,22 @@ async def test_a_failed_attempt_is_retried_from_the_committed_state(
 async def test_one_run_of_a_connection_at_a_time(
     tmp_path: Path, make_settings: Callable[..., Settings], run_worker: Any, client: Client
 ) -> None:
+    # The first run's connector says it is reading, then waits for the test's word: the second
+    # run starts while the first is provably still running, however slow the machine.
+    reading, release = tmp_path / "reading", tmp_path / "release"
     connector = protocol_connector(
-        tmp_path, "source-slow", 'import time\ntime.sleep(4)\nrecord(1, "2024-01-01")\n'
+        tmp_path,
+        "source-gated",
+        f"open({str(reading)!r}, 'w').close()\n"
+        + wait_for_file(release)
+        + 'record(1, "2024-01-01")\n',
     )
     settings = make_settings(items_connection(connector, tmp_path / "w.duckdb"))
     await run_worker(settings)
     first = await start_sync(client, settings, SyncRequest(connection_id="items"))
-    for _ in range(100):  # the first run holds the connection once it planned
-        if await first.query(SyncConnectionWorkflow.phase) == "syncing":
-            break
-        await asyncio.sleep(0.1)
+    # The first run holds the connection from before its connector starts.
+    await wait_until(reading.exists, timeout=120)
+    assert await first.query(SyncConnectionWorkflow.phase) == "syncing"
     # A second run that is not the first's workflow id (a schedule's, a replay's).
     second = await client.start_workflow(
         SyncConnectionWorkflow.run,
@@ -229,6 +235,9 @@ async def test_one_run_of_a_connection_at_a_time(
     error = failed.value.cause.cause
     assert isinstance(error, ApplicationError) and error.type == "ConnectionBusy"
     assert first.result_run_id in error.message
+    assert not release.exists()  # the first run was still reading all along
+
+    release.touch()
     assert (await first.result()).records == {"items": 1}
     # Once the first run ended, the connection is free again.
     third = await start_sync(client, settings, SyncRequest(connection_id="items"))
