@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from purge.errors import PurgeError
 from purge.receipts import PurgeReceipt
 from purge.stores.base import DeleteResult, StagingStore, StoredObject, normalize_prefix
 
@@ -50,12 +51,14 @@ _PROGRESS_INTERVAL = 0.25
 _SERIAL_CALL_SECONDS = 0.5
 
 
-class StoreContractError(RuntimeError):
+class StoreContractError(PurgeError, RuntimeError):
     """A store listing broke its contract (order, or an object outside the prefix).
 
     Purging stops rather than continuing, because the manifest hash would be wrong or an
     object outside the run's prefix could be deleted.
     """
+
+    kind = "StoreContract"
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from purge.errors import PurgeError
 from purge.stores.base import UnsafePrefixError, normalize_prefix
 
 
-class TargetRefusedError(ValueError):
+class TargetRefusedError(PurgeError, ValueError):
     """A purge target that is unsafe or outside the allow-list; nothing was called."""
+
+    kind = "PurgeRefused"
 
 
 @dataclass(frozen=True)

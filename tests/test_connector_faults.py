@@ -244,7 +244,7 @@ def test_a_record_sluice_cannot_load_fails_for_good_naming_stream_and_line(
     error = attempt.fails(ConnectorProtocolError)
     assert problem in str(error)
     assert_names_line(error, 4)
-    assert not error.retryable and error.error_type == "ConnectorProtocolError"
+    assert not error.retryable and error.kind == "ConnectorProtocolError"
     # Exactly what the committed state covers; nothing after the bad line was loaded.
     assert attempt.committed() == ([1, 2], [{"updated_at": "2024-01-02T00:00:00Z"}])
     attempt.assert_released()

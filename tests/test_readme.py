@@ -20,6 +20,7 @@ from workers.connections import (
     AirbyteConnection,
     Connection,
     ConnectionsFile,
+    ConnectionsFileError,
     resolve_source_config,
     secret_values,
 )
@@ -125,8 +126,10 @@ def test_airbyte_secrets_in_both_places_merge_and_conflicts_are_named(tmp_path: 
     same = AIRBYTE.format(outer='secrets = { a = "A" }', inner='secrets = { a = "A" }')
     assert load(tmp_path, same).get("a").secrets == {"a": "A"}  # type: ignore[union-attr]
     clash = AIRBYTE.format(outer='secrets = { a = "A" }', inner='secrets = { a = "OTHER" }')
-    with pytest.raises(ValueError, match=r"connection 'a': .*secrets\.a: declared in"):
+    with pytest.raises(ConnectionsFileError, match=r"connection 'a': .*secrets\.a: declared in"):
         load(tmp_path, clash)
     wrong = AIRBYTE.format(outer="", inner='secrets = "A"')
-    with pytest.raises(ValueError, match="connection 'a': secrets: Input should be a valid dict"):
+    with pytest.raises(
+        ConnectionsFileError, match="connection 'a': secrets: Input should be a valid dict"
+    ):
         load(tmp_path, wrong)

@@ -32,6 +32,7 @@ from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
 from workers.activities.sync import SyncActivities
 from workers.airbyte.connector import ConnectorInstaller
 from workers.codec import data_converter, parse_keys
+from workers.errors import ErrorReporting
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
 from workers.storage import store_options
@@ -256,6 +257,7 @@ async def harness(
             workflows=[SyncConnectionWorkflow, RetentionSweepWorkflow],
             activities=[real.plan_run, real.record_run, real.release_connection, *stand_ins.all()],
             activity_executor=ThreadPoolExecutor(max_workers=4),
+            interceptors=[ErrorReporting()],
         )
         await worker.__aenter__()
         workers.append(worker)

@@ -27,25 +27,33 @@ from pydantic import (
     model_validator,
 )
 
+from workers.errors import SluiceError
+
 SyncMode = Literal["full_refresh", "incremental"]
 DestinationMode = Literal["append", "overwrite", "append_dedup"]
 
 _CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
 
 
-class ConnectionsFileError(ValueError):
+class ConnectionsFileError(SluiceError):
     """The connections file is unreadable or invalid; the message names file, connection, field."""
 
+    kind = "InvalidConnectionsFile"
 
-class UnknownConnectionError(KeyError):
+
+class UnknownConnectionError(SluiceError):
+    kind = "UnknownConnection"
+
     def __init__(self, connection_id: str, path: Path, known: list[str]) -> None:
-        super().__init__(connection_id)
-        self.message = (
+        super().__init__(
             f"unknown connection {connection_id!r} in {path} (known: {', '.join(known) or 'none'})"
         )
 
-    def __str__(self) -> str:
-        return self.message
+
+class MissingSecretError(ConnectionsFileError):
+    """A secret the connection declares is not in the environment."""
+
+    kind = "MissingSecret"
 
 
 class _Strict(BaseModel):
@@ -295,7 +303,7 @@ def resolve_source_config(connection: Connection, environ: Mapping[str, str]) ->
     config = copy.deepcopy(connection.source.config)
     for dotted, variable in connection.source.secrets.items():
         if variable not in environ:
-            raise ConnectionsFileError(
+            raise MissingSecretError(
                 f"connection {connection.id!r}: source.secrets.{dotted}: "
                 f"environment variable {variable} is not set"
             )

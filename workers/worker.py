@@ -16,6 +16,7 @@ from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
 from workers.activities.sweep import SweepActivities
 from workers.activities.sync import SyncActivities
 from workers.airbyte.connector import ConnectorInstaller
+from workers.errors import ErrorReporting
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
 from workers.storage import store_options
@@ -57,4 +58,5 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         activities=[*activities.all(), *airbyte.all(), *sweep.all()],
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
+        interceptors=[ErrorReporting()],
     )

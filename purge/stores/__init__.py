@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from purge.errors import PurgeError
 from purge.stores.azure import AzureStagingStore
 from purge.stores.base import (
     DeleteResult,
@@ -49,8 +50,10 @@ class StoreOptions:
     """Requested on every S3 write, e.g. "AES256" or "aws:kms"."""
 
 
-class UnsupportedStoreError(ValueError):
+class UnsupportedStoreError(PurgeError, ValueError):
     """A storage URI this build cannot open; raised at start-up, before any data is staged."""
+
+    kind = "UnsupportedStore"
 
 
 def open_store(uri: str, options: StoreOptions | None = None) -> StagingStore:

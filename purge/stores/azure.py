@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Literal, cast
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.storage.blob import BlobProperties, BlobServiceClient
 
+from purge.errors import PurgeError
 from purge.stores.base import (
     DeleteResult,
     StagingStore,
@@ -65,16 +66,21 @@ _THROTTLING_CODES = frozenset({"ServerBusy"})
 _TRANSIENT_CODES = frozenset({"ServerBusy", "InternalError", "OperationTimedOut"})
 
 
-class AzureStoreConfigError(ValueError):
+class AzureStoreConfigError(PurgeError, ValueError):
     """The store cannot be built from what it was given (no credentials, bad container name)."""
 
+    kind = "AzureStoreConfig"
 
-class AzureSettingsUnreadableError(RuntimeError):
+
+class AzureSettingsUnreadableError(PurgeError, RuntimeError):
     """The account's soft-delete setting could not be read, so recoverability is unknown.
 
     Raised rather than answering "not recoverable", which would let a receipt claim a purge
     that the account may still undo.
     """
+
+    kind = "AzureSettingsUnreadable"
+    retryable = True
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from purge.errors import PurgeError
+
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -43,8 +45,10 @@ class DeleteResult:
     pipeline lowers its concurrency."""
 
 
-class UnsafePrefixError(ValueError):
+class UnsafePrefixError(PurgeError, ValueError):
     """A prefix that could reach outside one run's staging area."""
+
+    kind = "UnsafePrefix"
 
     def __init__(self, prefix: str, reason: str) -> None:
         super().__init__(f"unsafe prefix {prefix!r}: {reason}")
@@ -52,8 +56,10 @@ class UnsafePrefixError(ValueError):
         self.reason = reason
 
 
-class UnsafeKeyError(ValueError):
+class UnsafeKeyError(PurgeError, ValueError):
     """A key that is not a plain relative path, so it could name something outside the store."""
+
+    kind = "UnsafeKey"
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"unsafe key {key!r}: {reason}")

@@ -15,7 +15,6 @@ from typing import Any
 
 import structlog
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from purge.scrub import LogScrubber, state_leaf_values
 from workers.activities.locks import ConnectionLocks
@@ -29,6 +28,7 @@ from workers.airbyte.api import (
     log_lines,
 )
 from workers.connections import AirbyteConnection
+from workers.errors import SluiceError, as_application_error
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
 from workers.store.metadata import MetadataStore
@@ -81,16 +81,13 @@ class AirbyteActivities:
 
     @contextlib.asynccontextmanager
     async def _client(self, plan: RunPlan) -> AsyncIterator[AirbyteClient]:
-        try:
-            client = self._client_factory()
-        except AirbyteConfigError as exc:
-            raise ApplicationError(str(exc), type="AirbyteConfig", non_retryable=True) from None
+        client = self._client_factory()
         try:
             yield client
         except AirbyteApiError as exc:
-            message = f"connection {plan.connection_id!r} (Airbyte {plan.airbyte_connection_id})"
-            raise ApplicationError(
-                f"{message}: {exc}", type="AirbyteApi", non_retryable=not exc.retryable
+            raise as_application_error(
+                exc,
+                context=f"connection {plan.connection_id!r} (Airbyte {plan.airbyte_connection_id})",
             ) from None
         finally:
             await client.aclose()
@@ -98,10 +95,9 @@ class AirbyteActivities:
     def _connection(self, plan: RunPlan) -> AirbyteConnection:
         connection = load_connection(self.settings, plan.connection_id)
         if not isinstance(connection, AirbyteConnection):
-            raise ApplicationError(
+            raise SluiceError(
                 f"connection {plan.connection_id!r} is not an Airbyte connection",
-                type="InvalidConnection",
-                non_retryable=True,
+                kind="InvalidConnection",
             )
         return connection
 

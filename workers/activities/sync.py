@@ -1,8 +1,8 @@
 """Activities of SyncConnectionWorkflow, as methods of a class that receives its clients.
 
 They are synchronous (blocking subprocess and DuckDB I/O) and run in the worker's thread pool.
-Errors that retrying cannot fix become non-retryable ApplicationErrors whose message names the
-connection and what was wrong.
+They raise Sluice's own errors (workers/errors.py), which name the connection and what was
+wrong and know whether retrying can help; the worker's error interceptor reports them.
 """
 
 from __future__ import annotations
@@ -13,30 +13,32 @@ from typing import Any
 
 import structlog
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.exceptions import CancelledError
 
 from purge.purge import purge_prefix
 from purge.receipts import PurgeReceipt
 from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
 from purge.stores import open_store
-from purge.targets import TargetRefusedError, parse_target
+from purge.targets import parse_target
 from workers.activities.heartbeat import Heartbeater, resume_details
 from workers.activities.locks import ConnectionLocks
 from workers.airbyte.connector import (
     Connector,
-    ConnectorError,
     ConnectorInstaller,
-    ConnectorNotFoundError,
 )
-from workers.airbyte.local import LocalSync, SyncConfigError, SyncProgress
+from workers.airbyte.local import LocalSync, SyncProgress
 from workers.connections import (
     AirbyteConnection,
     Connection,
     ConnectionsFile,
-    ConnectionsFileError,
-    UnknownConnectionError,
     resolve_source_config,
     secret_values,
+)
+from workers.errors import (
+    ConnectionBusyError,
+    InvalidRequestError,
+    SluiceError,
+    as_application_error,
 )
 from workers.retained_logs import LogRetention
 from workers.runlog import RunLog
@@ -61,19 +63,10 @@ log = structlog.get_logger(__name__)
 _RETAIN_PAUSES = (0.5, 2.0, 0.0)
 
 
-def _fail(kind: str, message: str) -> ApplicationError:
-    return ApplicationError(message, type=kind, non_retryable=True)
-
-
 def load_connection(settings: Settings, connection_id: str) -> Connection | AirbyteConnection:
     """The connection as the file says now: read on every run, so that edits apply without
     restarting workers."""
-    try:
-        return ConnectionsFile.load(settings.connections_file).get(connection_id)
-    except UnknownConnectionError as exc:
-        raise _fail("UnknownConnection", str(exc)) from None
-    except ConnectionsFileError as exc:
-        raise _fail("InvalidConnectionsFile", str(exc)) from None
+    return ConnectionsFile.load(settings.connections_file).get(connection_id)
 
 
 class SyncActivities:
@@ -97,16 +90,10 @@ class SyncActivities:
         """A connection of the local backend."""
         connection = load_connection(self.settings, connection_id)
         if not isinstance(connection, Connection):
-            raise _fail(
-                "InvalidConnection", f"connection {connection_id!r} is not a local connection"
+            raise SluiceError(
+                f"connection {connection_id!r} is not a local connection", kind="InvalidConnection"
             )
         return connection
-
-    def _source_config(self, connection: Connection) -> dict[str, Any]:
-        try:
-            return resolve_source_config(connection, self.environ)
-        except ConnectionsFileError as exc:
-            raise _fail("MissingSecret", str(exc)) from None
 
     @activity.defn(name=ActivityName.PLAN_RUN)
     def plan_run(self, request: SyncRequest) -> RunPlan:
@@ -127,8 +114,7 @@ class SyncActivities:
             staging_target=plan.staging_target if plan.backend == "local" else None,
         )
         if holder is not None:
-            raise _fail(
-                "ConnectionBusy",
+            raise ConnectionBusyError(
                 f"connection {connection.id!r} is already syncing (run {holder['run_id']}, "
                 f"workflow {holder.get('workflow_id') or 'unknown'}); "
                 "one run of a connection at a time",
@@ -144,8 +130,7 @@ class SyncActivities:
     ) -> RunPlan:
         if isinstance(connection, AirbyteConnection):
             if request.streams or request.reset:
-                raise _fail(
-                    "InvalidRequest",
+                raise InvalidRequestError(
                     f"connection {connection.id!r} runs in Airbyte: `streams` and `reset` are "
                     "chosen in Airbyte, not here",
                 )
@@ -163,10 +148,10 @@ class SyncActivities:
         declared = {s.name for s in connection.streams}
         unknown = sorted(set(request.streams or []) - declared)
         if unknown:
-            raise _fail(
-                "UnknownStream",
+            raise InvalidRequestError(
                 f"connection {connection.id!r} declares no streams {unknown} "
                 f"(declared: {', '.join(sorted(declared))})",
+                kind="UnknownStream",
             )
         return RunPlan(
             connection_id=connection.id,
@@ -187,7 +172,7 @@ class SyncActivities:
             connection=plan.connection_id, run_id=plan.run_id, activity="run_sync"
         )
         connection = self._connection(plan.connection_id)
-        config = self._source_config(connection)
+        config = resolve_source_config(connection, self.environ)
         previous = resume_details()
         resume = SyncProgress.model_validate(previous) if previous else None
         attempt = activity.info().attempt
@@ -202,7 +187,7 @@ class SyncActivities:
             on_cancel=stop_connector,
             on_beat=self.locks.renewer(plan.connection_id, plan.run_id),
         )
-        failure: ApplicationError | None = None
+        failure: SluiceError | None = None
         outcome: SyncOutcome | None = None
         with RunLog() as run_log, heartbeater.running():
             try:
@@ -225,32 +210,24 @@ class SyncActivities:
                 outcome = sync.run(
                     run_log=run_log, attempt=attempt, reset=request.reset, only=only, resume=resume
                 )
-            except ConnectorNotFoundError as exc:
-                failure = _fail("ConnectorNotFound", f"connection {connection.id!r}: {exc}")
-            except SyncConfigError as exc:
-                failure = _fail("InvalidConnection", str(exc))
-            except ConnectorError as exc:
+            except SluiceError as exc:
                 # Classified where it was raised. ConnectorFailed: a connector's own
                 # configuration error, or a cancellation, is final; anything else (an upstream
                 # 502, a crash, a stall) may pass, and the attempt is retried from the committed
                 # state, as Airbyte retries attempts. ConnectorProtocolError: output Sluice
-                # cannot take (a RECORD without its stream or an object data, invalid UTF-8, a
-                # malformed message, a bad catalog, an oversized record) fails the same way
-                # again: final, its message naming the stream and stdout line, never a value.
-                failure = ApplicationError(
-                    f"connection {connection.id!r}: {exc}",
-                    type=exc.error_type,
-                    non_retryable=not exc.retryable,
-                )
+                # cannot take fails the same way again: final, its message naming the stream
+                # and stdout line, never a value. ConnectorNotFound, InvalidConnection: final.
+                failure = exc
             except Exception as exc:
                 # Whatever else went wrong may quote record values (a DuckDB cast error, a
                 # parse error): the full text goes into the run's log, which is scrubbed; only
                 # its kind goes into Temporal's history.
                 run_log.write("sluice", "error", f"run failed: {type(exc).__name__}: {exc}")
-                failure = ApplicationError(
-                    f"connection {connection.id!r}: {type(exc).__name__} while syncing "
-                    "(the details are in the run's retained log)",
-                    type="SyncError",
+                failure = SluiceError(
+                    f"{type(exc).__name__} while syncing (the details are in the run's "
+                    "retained log)",
+                    kind="SyncError",
+                    retryable=True,
                 )
             finally:
                 structlog.contextvars.unbind_contextvars("connection", "run_id", "activity")
@@ -259,12 +236,13 @@ class SyncActivities:
         if activity.is_cancelled():
             raise CancelledError("sync cancelled; its log was scrubbed and retained")
         if failure is not None:
-            # The message goes into Temporal's history: scrubbed like the log.
-            raise ApplicationError(
-                scrubber.scrub_line(failure.message),
-                scrub.model_dump(mode="json"),
-                type=failure.type,
-                non_retryable=failure.non_retryable,
+            # The message goes into Temporal's history: scrubbed like the log. The retained
+            # log travels in the details, so that the run's record can point at it.
+            raise as_application_error(
+                failure,
+                context=f"connection {connection.id!r}",
+                details=scrub.model_dump(mode="json"),
+                redact=scrubber.scrub_line,
             )
         assert outcome is not None
         return outcome.model_copy(update={"scrub": scrub})
@@ -366,13 +344,9 @@ class SyncActivities:
         # connections file named when the run was planned, so a file edited or broken since
         # never stops the purge of data that was already committed.
         roots = [plan.staging_uri] if plan.staging_uri else []
-        try:
-            target = parse_target(
-                (plan.staging_uri or "") + plan.staging_prefix,
-                [*roots, *self.settings.purge_allow],
-            )
-        except TargetRefusedError as exc:
-            raise _fail("PurgeRefused", str(exc)) from None
+        target = parse_target(
+            (plan.staging_uri or "") + plan.staging_prefix, [*roots, *self.settings.purge_allow]
+        )
         # A retry after a worker died mid-purge lists what is left and deletes it; the counts
         # of the interrupted attempt come from its heartbeats.
         before = int(resume_details() or 0)

@@ -27,6 +27,8 @@ import httpx
 import structlog
 from airbyte_api import AirbyteAPI, api, errors, models
 
+from workers.errors import SluiceError
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -38,8 +40,10 @@ _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 AuthKind = Literal["none", "bearer", "basic", "client_credentials"]
 
 
-class AirbyteApiError(RuntimeError):
+class AirbyteApiError(SluiceError):
     """An answer from Airbyte that Sluice will not (or may no longer) retry."""
+
+    kind = "AirbyteApi"
 
     def __init__(
         self,
@@ -49,14 +53,15 @@ class AirbyteApiError(RuntimeError):
         retryable: bool = False,
         problem_type: str = "",
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, retryable=retryable)
         self.status = status
-        self.retryable = retryable
         self.problem_type = problem_type
 
 
-class AirbyteConfigError(ValueError):
+class AirbyteConfigError(SluiceError):
     """The Airbyte server settings are unusable (e.g. plain http to a remote host)."""
+
+    kind = "AirbyteConfig"
 
 
 @dataclass(frozen=True)

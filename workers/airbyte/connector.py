@@ -5,7 +5,7 @@ dependency trees, which would clash with ours). Config, catalog and state reach 
 files in a private temporary directory that is removed when the command ends.
 
 Errors are classified once, where they are raised: a ConnectorError knows whether another
-attempt may go differently (``retryable``) and how Temporal is told (``error_type``). A TRACE
+attempt may go differently (``retryable``) and how Temporal is told (``kind``). A TRACE
 error's message and failure type win over the exit code that follows it; output Sluice cannot
 take is a ConnectorProtocolError (final, naming the stdout line and stream, never a value); a
 command silent for longer than its stall timeout is stopped and fails as stalled (retried).
@@ -42,9 +42,10 @@ from airbyte_protocol.models import (
 from pydantic import ValidationError
 
 from workers.connections import SourceConfig
+from workers.errors import SluiceError
 
 
-class ConnectorError(RuntimeError):
+class ConnectorError(SluiceError):
     """The connector could not be run, or it failed; the message is the connector's own.
 
     ``retryable``: whether another attempt may go differently. A connector's own configuration
@@ -52,18 +53,16 @@ class ConnectorError(RuntimeError):
     pass, and the attempt is retried from the committed state, as Airbyte retries attempts.
     """
 
-    retryable_default = True
-    error_type = "ConnectorFailed"
-    """The type of the ApplicationError that reports it in Temporal."""
+    retryable = True
+    kind = "ConnectorFailed"
 
     def __init__(
         self, message: str, *, failure_type: str | None = None, retryable: bool | None = None
     ) -> None:
-        super().__init__(message)
-        self.failure_type = failure_type
         if retryable is None:
-            retryable = self.retryable_default and failure_type not in _FINAL_FAILURE_TYPES
-        self.retryable = retryable
+            retryable = type(self).retryable and failure_type not in _FINAL_FAILURE_TYPES
+        super().__init__(message, retryable=retryable)
+        self.failure_type = failure_type
 
 
 _FINAL_FAILURE_TYPES = frozenset({"config_error", "cancelled"})
@@ -72,8 +71,8 @@ _FINAL_FAILURE_TYPES = frozenset({"config_error", "cancelled"})
 class ConnectorNotFoundError(ConnectorError):
     """The connector command is missing, not executable, or could not be installed."""
 
-    retryable_default = False
-    error_type = "ConnectorNotFound"
+    retryable = False
+    kind = "ConnectorNotFound"
 
 
 class ConnectorProtocolError(ConnectorError):
@@ -85,8 +84,8 @@ class ConnectorProtocolError(ConnectorError):
     value of the record (it goes into Temporal's history).
     """
 
-    retryable_default = False
-    error_type = "ConnectorProtocolError"
+    retryable = False
+    kind = "ConnectorProtocolError"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, failure_type="protocol_error")

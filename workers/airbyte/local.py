@@ -46,6 +46,7 @@ from workers.airbyte.connector import (
 )
 from workers.airbyte.destination import DuckDBDestination, StreamTable, duckdb_type, state_key
 from workers.connections import Connection, StreamConfig
+from workers.errors import SluiceError
 from workers.runlog import RunLog
 from workflows.models import StreamOutcome, SyncOutcome
 
@@ -68,8 +69,10 @@ class CatalogCache(Protocol):
     ) -> None: ...
 
 
-class SyncConfigError(ValueError):
+class SyncConfigError(SluiceError):
     """The connection asks for something the source does not offer; retrying cannot help."""
+
+    kind = "InvalidConnection"
 
 
 class SyncProgress(BaseModel):
@@ -328,7 +331,7 @@ class LocalSync:
                 )
         plans: dict[str, _StreamRun] = {}
         for index, stream in enumerate(wanted):
-            where = f"connection {self.connection.id!r}: streams[{index}] ({stream.name})"
+            where = f"streams[{index}] ({stream.name})"
             sid = stream_id(stream.name, stream.namespace)
             source_stream = offered.get(sid)
             if source_stream is None:
