@@ -23,7 +23,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobServiceClient, ContainerClient, RetentionPolicy
 
-from purge.purge import purge_prefix
+from purge.pipeline import purge_prefix
 from purge.stores.azure import (
     MAX_BATCH_SUBREQUESTS,
     AzureSettingsUnreadableError,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import purge.purge as purge_module
-from purge.purge import StoreContractError, purge_prefix
+import purge.pipeline as purge_module
+from purge.pipeline import StoreContractError, purge_prefix
 from purge.receipts import PurgeReceipt
 from purge.stores import (
     DeleteResult,

@@ -12,16 +12,16 @@ from typing import BinaryIO
 
 import pytest
 
-from purge.purge import (
+from purge.pipeline import (
     AdaptiveConcurrency,
-    RetryPolicy,
+    DeleteRetryPolicy,
     StoreContractError,
     manifest_line,
     purge_prefix,
 )
 from purge.stores.base import DeleteResult, StagingStore, StoredObject
 
-FAST_RETRIES = RetryPolicy(max_attempts=8, base_delay=0.001, max_delay=0.01)
+FAST_RETRIES = DeleteRetryPolicy(max_attempts=8, base_delay=0.001, max_delay=0.01)
 PREFIX = "runs/r1/"
 
 
@@ -271,7 +271,7 @@ def test_objects_that_keep_failing_transiently_are_reported(concurrency: int) ->
         return DeleteResult(deleted=rest, failed=[], retry=[(o, "SlowDown: busy") for o in stuck])
 
     store = GeneratedStore(100, concurrency=concurrency, outcome=never_for_seven)
-    policy = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002)
+    policy = DeleteRetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002)
 
     receipt = purge_prefix(store, PREFIX, receipt_id="r", batch_size=30, retry_policy=policy)
 
@@ -378,7 +378,7 @@ def test_limiter_refuses_a_maximum_below_one() -> None:
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     import random
 
-    policy = RetryPolicy(base_delay=0.1, max_delay=1.0)
+    policy = DeleteRetryPolicy(base_delay=0.1, max_delay=1.0)
     rng = random.Random(7)
     for attempt, nominal in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (40, 1.0)]:
         delays = [policy.backoff(attempt, rng) for _ in range(50)]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from botocore.client import BaseClient
 
-from purge.purge import AdaptiveConcurrency, RetryPolicy, purge_prefix
+from purge.pipeline import AdaptiveConcurrency, DeleteRetryPolicy, purge_prefix
 from purge.stores.base import StoredObject, UnsafeKeyError
 from purge.stores.s3 import MAX_KEYS_PER_DELETE, S3StagingStore
 from tests.s3_server import (
@@ -28,7 +28,7 @@ from tests.s3_server import (
 __all__ = ["bucket", "s3_client", "s3_endpoint"]  # fixtures, imported for pytest
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-FAST_RETRIES = RetryPolicy(max_attempts=8, base_delay=0.005, max_delay=0.05)
+FAST_RETRIES = DeleteRetryPolicy(max_attempts=8, base_delay=0.005, max_delay=0.05)
 
 MakeBucket = Callable[[str], str]
 
@@ -488,7 +488,7 @@ def test_transient_errors_that_never_end_are_reported_after_the_last_attempt(
         s3_client
     )
     store = S3StagingStore(name, client=s3_client)
-    policy = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
+    policy = DeleteRetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.01)
 
     receipt = purge_prefix(store, "runs/s/", receipt_id="r", retry_policy=policy)
 

@@ -26,16 +26,15 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
 from purge.receipts import PurgeReceipt
-from purge.stores import open_store
 from tests.conftest import HISTORY_KEYS, save_history
 from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
 from workers.activities.sync import SyncActivities
 from workers.airbyte.connector import ConnectorInstaller
 from workers.codec import data_converter, parse_keys
 from workers.errors import ErrorReporting
+from workers.purging import Purger
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
-from workers.storage import store_options
 from workers.store.metadata import MetadataStore, connection_locks
 from workflows.models import (
     ActivityName,
@@ -240,15 +239,15 @@ async def harness(
         locks = ConnectionLocks(
             store, TemporalWorkflowRuns(client, asyncio.get_running_loop()), timedelta(minutes=10)
         )
+        purger = Purger(settings, store)
         real = SyncActivities(
             settings=settings,
             store=store,
             installer=ConnectorInstaller(tmp_path / "connectors"),
-            log_retention=LogRetention(
-                open_store(settings.resolved_log_store, store_options(settings)), store
-            ),
+            log_retention=LogRetention(purger.open(settings.resolved_log_store), store),
             environ={},
             locks=locks,
+            purger=purger,
         )
         stand_ins = StandIns()
         worker = Worker(

@@ -10,16 +10,15 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from purge.stores import open_store
 from workers.activities.airbyte import AirbyteActivities
 from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
 from workers.activities.sweep import SweepActivities
 from workers.activities.sync import SyncActivities
 from workers.airbyte.connector import ConnectorInstaller
 from workers.errors import ErrorReporting
+from workers.purging import Purger
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
-from workers.storage import store_options
 from workers.store.metadata import MetadataStore
 from workflows.sweep import RetentionSweepWorkflow
 from workflows.sync import SyncConnectionWorkflow
@@ -29,7 +28,8 @@ def build_worker(client: Client, settings: Settings) -> Worker:
     """Called from the event loop the worker will run on: activity threads reach Temporal
     through it."""
     metadata = MetadataStore.from_url(settings.resolved_metadata_url)
-    log_store = open_store(settings.resolved_log_store, store_options(settings))
+    purger = Purger(settings, metadata)
+    log_store = purger.open(settings.resolved_log_store)
     locks = ConnectionLocks(
         metadata,
         TemporalWorkflowRuns(client, asyncio.get_running_loop()),
@@ -42,8 +42,9 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         log_retention=LogRetention(log_store, metadata),
         environ=os.environ,
         locks=locks,
+        purger=purger,
     )
-    sweep = SweepActivities(settings=settings, store=metadata, log_store=log_store, locks=locks)
+    sweep = SweepActivities(settings=settings, store=metadata, purger=purger, locks=locks)
     airbyte = AirbyteActivities(
         settings=settings,
         store=metadata,

@@ -8,15 +8,13 @@ from typing import Any
 import structlog
 from temporalio import activity
 
-from purge.purge import purge_prefix
-from purge.stores import StagingStore, open_store
-from purge.targets import TargetRefusedError, parse_target
+from purge.targets import TargetRefusedError
 from workers.activities.heartbeat import Heartbeater
 from workers.activities.locks import ConnectionLocks
 from workers.connections import ConnectionsFile, ConnectionsFileError
+from workers.purging import Purger
 from workers.retained_logs import run_prefix
 from workers.settings import Settings
-from workers.storage import purge_allow_list, store_options
 from workers.store.metadata import MetadataStore
 from workflows.models import ActivityName, SweepOutcome, SweepRequest
 
@@ -28,12 +26,12 @@ class SweepActivities:
         self,
         settings: Settings,
         store: MetadataStore,
-        log_store: StagingStore,
+        purger: Purger,
         locks: ConnectionLocks,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.log_store = log_store
+        self.purger = purger
         self.locks = locks
 
     @activity.defn(name=ActivityName.SWEEP_RETAINED_LOGS, no_thread_cancel_exception=True)
@@ -41,16 +39,12 @@ class SweepActivities:
         """Delete retained logs older than the retention period, run by run, with receipts."""
         days = request.log_retention_days or self.settings.log_retention_days
         cutoff = datetime.now(UTC) - timedelta(days=days)
+        log_store = self.settings.resolved_log_store
         outcome = SweepOutcome()
         with Heartbeater(0).running() as heartbeater:
             for row in self.store.retained_logs_before(cutoff):
-                if self._purge(
-                    self.log_store,
-                    run_prefix(row["connection_id"], row["run_id"]),
-                    f"sweep-logs-{row['run_id']}",
-                    row["run_id"],
-                    outcome,
-                ):
+                uri = log_store + run_prefix(row["connection_id"], row["run_id"])
+                if self._purge(uri, [log_store], f"sweep-logs-{row['run_id']}", row, outcome):
                     self.store.forget_retained_logs(row["run_id"])
                 heartbeater.update(outcome.runs)
         log.info("retained logs swept", runs=outcome.runs, objects=outcome.objects_deleted)
@@ -77,42 +71,39 @@ class SweepActivities:
                 self.settings.connections_file
             )
         except ConnectionsFileError:
-            connections = None
-        allow = purge_allow_list(self.settings, connections)
+            connections = None  # the recorded targets still must fall under a known root
+        allow = self.purger.allow_list(connections)
         with Heartbeater(0).running() as heartbeater:
             for row in self.store.kept_staging_to_sweep(cutoff):
-                self._sweep_run(row, allow, outcome)
+                uri, receipt_id = row["staging_target"], f"sweep-staging-{row['run_id']}"
+                if self._purge(uri, allow, receipt_id, row, outcome):
+                    self.store.mark_staging_swept(row["run_id"])
                 heartbeater.update(outcome.runs)
         log.info("kept staging swept", runs=outcome.runs, objects=outcome.objects_deleted)
         return outcome
 
-    def _sweep_run(self, row: dict[str, Any], allow: list[str], outcome: SweepOutcome) -> None:
+    def _purge(
+        self,
+        uri: str,
+        allow: list[str],
+        receipt_id: str,
+        row: dict[str, Any],
+        outcome: SweepOutcome,
+    ) -> bool:
+        """Purge one run's prefix, keep the receipt, count it; True when verified empty. A run
+        that cannot be purged is counted as a failure and the sweep goes on."""
         try:
-            target = parse_target(row["staging_target"], allow)
+            target = self.purger.target(uri, allow)
         except TargetRefusedError as exc:
             outcome.failures.append(f"{row['run_id']}: {exc}")
-            return
-        if self._purge(
-            open_store(target.store_uri, store_options(self.settings)),
-            target.prefix,
-            f"sweep-staging-{row['run_id']}",
-            row["run_id"],
-            outcome,
-        ):
-            self.store.mark_staging_swept(row["run_id"])
-
-    def _purge(
-        self, store: StagingStore, prefix: str, receipt_id: str, run_id: str, outcome: SweepOutcome
-    ) -> bool:
-        """Purge one run's prefix, keep the receipt, count it; True when verified empty."""
-        receipt = purge_prefix(store, prefix, receipt_id=receipt_id)
-        self.store.record_receipt(receipt, run_id)
+            return False
+        receipt = self.purger.purge(target, receipt_id=receipt_id, run_id=row["run_id"])
         outcome.receipt_ids.append(receipt.receipt_id)
         outcome.objects_deleted += receipt.objects_deleted
         if receipt.verified_empty:
             outcome.runs += 1
         else:
-            outcome.failures.append(f"{run_id}: {receipt.remaining} objects left")
+            outcome.failures.append(f"{row['run_id']}: {receipt.remaining} objects left")
         return receipt.verified_empty
 
     def all(self) -> list[Any]:

@@ -15,11 +15,8 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import CancelledError
 
-from purge.purge import purge_prefix
 from purge.receipts import PurgeReceipt
 from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
-from purge.stores import open_store
-from purge.targets import parse_target
 from workers.activities.heartbeat import Heartbeater, resume_details
 from workers.activities.locks import ConnectionLocks
 from workers.airbyte.connector import (
@@ -40,10 +37,10 @@ from workers.errors import (
     SluiceError,
     as_application_error,
 )
+from workers.purging import Purger
 from workers.retained_logs import LogRetention
 from workers.runlog import RunLog
 from workers.settings import Settings
-from workers.storage import store_options
 from workers.store.metadata import MetadataStore
 from workflows.models import (
     ActivityName,
@@ -78,6 +75,7 @@ class SyncActivities:
         log_retention: LogRetention,
         environ: Mapping[str, str],
         locks: ConnectionLocks,
+        purger: Purger,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -85,6 +83,7 @@ class SyncActivities:
         self.log_retention = log_retention
         self.environ = environ
         self.locks = locks
+        self.purger = purger
 
     def _connection(self, connection_id: str) -> Connection:
         """A connection of the local backend."""
@@ -196,7 +195,7 @@ class SyncActivities:
                     connection=connection,
                     connector=Connector(argv, stall_timeout=self.settings.stall_timeout_seconds),
                     config=config,
-                    store=open_store(plan.staging_uri, store_options(self.settings)),
+                    store=self.purger.open(plan.staging_uri),
                     prefix=plan.staging_prefix,
                     run_id=plan.run_id,
                     batch_records=self.settings.batch_records,
@@ -343,9 +342,9 @@ class SyncActivities:
         # The plan carries what the purge needs: the run's staging root is a root the
         # connections file named when the run was planned, so a file edited or broken since
         # never stops the purge of data that was already committed.
-        roots = [plan.staging_uri] if plan.staging_uri else []
-        target = parse_target(
-            (plan.staging_uri or "") + plan.staging_prefix, [*roots, *self.settings.purge_allow]
+        assert plan.staging_uri is not None and plan.staging_target is not None
+        target = self.purger.target(
+            plan.staging_target, [plan.staging_uri, *self.settings.purge_allow]
         )
         # A retry after a worker died mid-purge lists what is left and deletes it; the counts
         # of the interrupted attempt come from its heartbeats.
@@ -354,20 +353,13 @@ class SyncActivities:
             before, on_beat=self.locks.renewer(plan.connection_id, plan.run_id)
         )
         with heartbeater.running():
-            receipt = purge_prefix(
-                open_store(target.store_uri, store_options(self.settings)),
-                target.prefix,
+            receipt = self.purger.purge(
+                target,
                 receipt_id=receipt_id,
-                on_progress=lambda deleted: heartbeater.update(before + deleted),
+                run_id=plan.run_id,
+                deleted_before=before,
+                on_progress=heartbeater.update,
             )
-        if before:
-            receipt = receipt.model_copy(
-                update={
-                    "objects_deleted": receipt.objects_deleted + before,
-                    "objects_deleted_before_resume": before,
-                }
-            )
-        self.store.record_receipt(receipt, plan.run_id)
         log.info(
             "staging purged",
             run_id=plan.run_id,

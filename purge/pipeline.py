@@ -62,7 +62,7 @@ class StoreContractError(PurgeError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class DeleteRetryPolicy:
     """How objects whose delete failed transiently are retried before they count as failed."""
 
     max_attempts: int = 8
@@ -141,7 +141,7 @@ def purge_prefix(
     batch_size: int = 1000,
     on_progress: Callable[[int], None] | None = None,
     max_concurrency: int | None = None,
-    retry_policy: RetryPolicy | None = None,
+    retry_policy: DeleteRetryPolicy | None = None,
     limiter: AdaptiveConcurrency | None = None,
 ) -> PurgeReceipt:
     """Delete every object and version under the prefix, then prove by listing that none is left.
@@ -159,7 +159,7 @@ def purge_prefix(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if limiter is None:
         limiter = AdaptiveConcurrency(max_concurrency or store.delete_concurrency)
-    policy = retry_policy or RetryPolicy()
+    policy = retry_policy or DeleteRetryPolicy()
     started_at = datetime.now(UTC)
     manifest = hashlib.sha256()
     tally = _Tally(policy)
@@ -264,7 +264,7 @@ class _Job:
 class _Tally:
     """What the purge did so far. Written by one thread at a time; counters are read live."""
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: DeleteRetryPolicy) -> None:
         self.policy = policy
         self.objects_deleted = self.versions_deleted = self.bytes_deleted = 0
         self.objects_failed = self.delete_calls = self.retries = self.throttles = 0
@@ -329,7 +329,7 @@ def _delete_serially(
     delete: _Delete,
     tally: _Tally,
     limiter: AdaptiveConcurrency,
-    policy: RetryPolicy,
+    policy: DeleteRetryPolicy,
     on_progress: Callable[[int], None] | None,
     call_size: int | None = None,
 ) -> None:
@@ -370,7 +370,7 @@ def _delete_concurrently(
     delete: _Delete,
     tally: _Tally,
     limiter: AdaptiveConcurrency,
-    policy: RetryPolicy,
+    policy: DeleteRetryPolicy,
     on_progress: Callable[[int], None] | None,
 ) -> None:
     """List in the calling thread, delete in the dispatcher's pool, report progress here."""
@@ -424,7 +424,7 @@ class _Dispatcher:
     """
 
     def __init__(
-        self, delete: _Delete, tally: _Tally, limiter: AdaptiveConcurrency, policy: RetryPolicy
+        self, delete: _Delete, tally: _Tally, limiter: AdaptiveConcurrency, policy: DeleteRetryPolicy
     ) -> None:
         self._thread = threading.Thread(target=self._run, name="sluice-purge-dispatcher")
         self._delete = delete
