@@ -69,7 +69,21 @@ def _files(root: Path) -> Iterator[Path]:
                 yield path
 
 
+@pytest.fixture
+def own_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary directory of the test's own, where this process (its in-process workers) and
+    the worker processes it starts put their temporary files, so that the test looks at its own
+    files only, never at the machine-wide temporary directory and what others leave there."""
+    own = tmp_path / "tmp"
+    own.mkdir()
+    monkeypatch.setenv("TMPDIR", str(own))  # what a worker process and a connector inherit
+    monkeypatch.setattr(tempfile, "tempdir", str(own))  # what gettempdir() answers here
+    return own
+
+
 def orphaned_private_dirs() -> list[Path]:
+    """The private directories of connector runs whose worker is dead, in the temporary
+    directory (the test's own, with `own_tmpdir`)."""
     return [
         p
         for p in Path(tempfile.gettempdir()).glob("sluice-connector-*-*")
@@ -87,7 +101,11 @@ def _alive(pid: int) -> bool:
 
 
 async def test_cancelled_mid_sync_leaves_no_raw_log(
-    tmp_path: Path, make_settings: Callable[..., Settings], run_worker: Any, client: Client
+    tmp_path: Path,
+    own_tmpdir: Path,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
 ) -> None:
     started = time.time() - 2  # file times are coarser than the clock
     marker = f"RAW-{uuid.uuid4().hex}"
@@ -113,16 +131,17 @@ async def test_cancelled_mid_sync_leaves_no_raw_log(
     assert run is not None and run["status"] == "cancelled"
     assert metadata.lock_holder("items") is None
     await wait_until(lambda: not _alive(pid), timeout=15)  # the connector was stopped
-    roots = [Path(tempfile.gettempdir()), tmp_path]
+    roots = [tmp_path]  # the test's own directory, its temporary directory included
     retained = list((settings.state_path / "logs").rglob("attempt-*.log"))
     assert len(retained) == 1  # scrubbed and retained as the phase ended
     assert "stderr line" in retained[0].read_text()
     assert files_holding(marker, roots, started) == sorted([*retained, connector])
-    assert not list(Path(tempfile.gettempdir()).glob(f"sluice-connector-{os.getpid()}-*"))
+    assert not list(own_tmpdir.glob(f"sluice-connector-{os.getpid()}-*"))
 
 
 async def test_worker_killed_mid_sync_leaves_no_raw_log_and_no_connector(
     tmp_path: Path,
+    own_tmpdir: Path,
     make_settings: Callable[..., Settings],
     run_worker: Any,
     client: Client,
@@ -135,7 +154,9 @@ async def test_worker_killed_mid_sync_leaves_no_raw_log_and_no_connector(
         items_connection(connector, tmp_path / "w"),
         heartbeat_timeout_seconds=3,
     )
-    worker = worker_process(settings, temporal_env, tmp_path / "worker.log")
+    worker = worker_process(
+        settings, temporal_env, tmp_path / "worker.log", {"TMPDIR": str(own_tmpdir)}
+    )
     try:
         handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
         pid_file = tmp_path / "connector.pid"
@@ -146,9 +167,10 @@ async def test_worker_killed_mid_sync_leaves_no_raw_log_and_no_connector(
         worker.wait()
 
     await wait_until(lambda: not _alive(pid), timeout=15)  # died with its worker
-    roots = [Path(tempfile.gettempdir()), tmp_path]
+    roots = [tmp_path]  # the test's own directory, the worker's temporary directory included
     assert files_holding(marker, roots, started) == [connector]
-    assert orphaned_private_dirs()  # the killed worker could not remove its config files
+    # The killed worker could not remove its config files, in its (the test's) temporary dir.
+    assert orphaned_private_dirs()
 
     (tmp_path / "release").touch()
     await run_worker(settings)  # takes the sync over after the heartbeat timeout
