@@ -424,7 +424,11 @@ class _Dispatcher:
     """
 
     def __init__(
-        self, delete: _Delete, tally: _Tally, limiter: AdaptiveConcurrency, policy: DeleteRetryPolicy
+        self,
+        delete: _Delete,
+        tally: _Tally,
+        limiter: AdaptiveConcurrency,
+        policy: DeleteRetryPolicy,
     ) -> None:
         self._thread = threading.Thread(target=self._run, name="sluice-purge-dispatcher")
         self._delete = delete

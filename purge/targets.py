@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import posixpath
-import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from purge.errors import PurgeError
 from purge.stores.base import UnsafePrefixError, normalize_prefix
+from purge.stores.uri import UnsupportedStoreError, parse_store_uri
 
 
 class TargetRefusedError(PurgeError, ValueError):
@@ -36,28 +36,11 @@ class PurgeTarget:
 
 def _canonical(uri: str) -> tuple[str, str]:
     """(store root URI, normalised prefix) for a file, s3 or az URI."""
-    parts = urllib.parse.urlsplit(uri)
-    scheme = parts.scheme.lower()
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise TargetRefusedError(f"{uri!r}: a file URI must name a local absolute path")
-        path = urllib.parse.unquote(parts.path)
-        if not path.startswith("/"):
-            raise TargetRefusedError(f"{uri!r}: a file URI must name an absolute path")
-        root, rest = "file:///", path.lstrip("/")
-    elif scheme in ("s3", "az"):
-        if not parts.netloc:
-            raise TargetRefusedError(f"{uri!r}: names no bucket or container")
-        root, rest = f"{scheme}://{parts.netloc}/", urllib.parse.unquote(parts.path).lstrip("/")
-    else:
-        raise TargetRefusedError(f"{uri!r}: unsupported scheme; use file://, s3:// or az://")
-    if parts.query or parts.fragment:
-        raise TargetRefusedError(f"{uri!r}: query strings and fragments are not allowed")
     try:
-        prefix = normalize_prefix(rest)
-    except UnsafePrefixError as exc:
+        parsed = parse_store_uri(uri)
+        return parsed.root, normalize_prefix(parsed.path)
+    except (UnsupportedStoreError, UnsafePrefixError) as exc:
         raise TargetRefusedError(f"{uri!r}: {exc}") from None
-    return root, prefix
 
 
 def _within(prefix: str, allowed: str) -> bool:
@@ -114,9 +97,11 @@ def _local_target(uri: str, prefix: str, allowed_prefix: str) -> PurgeTarget:
 def _canonical_allow(entry: str) -> tuple[str, str]:
     # An allow-list entry may be a whole bucket ("s3://bucket/"), which as a purge target would
     # be refused for its empty prefix.
-    parts = urllib.parse.urlsplit(entry)
-    path = urllib.parse.unquote(parts.path)
-    if parts.scheme.lower() in ("s3", "az") and parts.netloc and path.strip("/") == "":
-        return f"{parts.scheme.lower()}://{parts.netloc}/", ""
+    try:
+        parsed = parse_store_uri(entry)
+    except UnsupportedStoreError as exc:
+        raise TargetRefusedError(f"allow-list entry {entry!r}: {exc}") from None
+    if parsed.scheme != "file" and parsed.path.strip("/") == "":
+        return parsed.root, ""
     root, prefix = _canonical(entry)
     return root, posixpath.join(prefix, "")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from purge.errors import PurgeError
 from purge.stores.azure import AzureStagingStore
 from purge.stores.base import (
     DeleteResult,
@@ -20,6 +18,7 @@ from purge.stores.base import (
 )
 from purge.stores.local import LocalStagingStore
 from purge.stores.s3 import S3StagingStore
+from purge.stores.uri import StoreURI, UnsupportedStoreError, parse_store_uri
 
 __all__ = [
     "AzureStagingStore",
@@ -28,12 +27,14 @@ __all__ = [
     "S3StagingStore",
     "StagingStore",
     "StoreOptions",
+    "StoreURI",
     "StoredObject",
     "UnsafeKeyError",
     "UnsafePrefixError",
     "UnsupportedStoreError",
     "normalize_prefix",
     "open_store",
+    "parse_store_uri",
     "validate_key",
 ]
 
@@ -50,60 +51,28 @@ class StoreOptions:
     """Requested on every S3 write, e.g. "AES256" or "aws:kms"."""
 
 
-class UnsupportedStoreError(PurgeError, ValueError):
-    """A storage URI this build cannot open; raised at start-up, before any data is staged."""
-
-    kind = "UnsupportedStore"
-
-
 def open_store(uri: str, options: StoreOptions | None = None) -> StagingStore:
     """Open the store a URI names, rooted there: file:///abs/dir/, s3://bucket/prefix/ or
     az://container/prefix/ (the Azure account comes from the options)."""
     options = options or StoreOptions()
-    parts = urllib.parse.urlsplit(uri)
-    scheme = parts.scheme.lower()
-    if scheme == "file":
-        return LocalStagingStore(_file_uri_path(uri, parts))
-    if scheme in ("s3", "az"):
-        if not parts.netloc:
-            raise UnsupportedStoreError(f"store URI {uri!r} names no bucket or container")
-        base = urllib.parse.unquote(parts.path).lstrip("/")
-        if scheme == "s3":
-            return S3StagingStore(
-                parts.netloc, base, server_side_encryption=options.s3_server_side_encryption
-            )
-        if not (options.azure_connection_string or options.azure_account_url):
-            raise UnsupportedStoreError(
-                f"store URI {uri!r}: no Azure account configured; set "
-                "AZURE_STORAGE_CONNECTION_STRING or SLUICE_AZURE_ACCOUNT_URL"
-            )
-        return AzureStagingStore.from_environment(
-            parts.netloc,
-            base,
-            connection_string=options.azure_connection_string,
-            account_url=options.azure_account_url,
-            credential=options.azure_credential,
+    parsed = parse_store_uri(uri)
+    if parsed.scheme == "file":
+        return LocalStagingStore(Path("/" + parsed.path))
+    if parsed.scheme == "s3":
+        return S3StagingStore(
+            parsed.container,
+            parsed.path,
+            server_side_encryption=options.s3_server_side_encryption,
         )
-    if not scheme:
+    if not (options.azure_connection_string or options.azure_account_url):
         raise UnsupportedStoreError(
-            f"store URI {uri!r} has no scheme; use file:///absolute/dir/, s3:// or az://"
+            f"store URI {uri!r}: no Azure account configured; set "
+            "AZURE_STORAGE_CONNECTION_STRING or SLUICE_AZURE_ACCOUNT_URL"
         )
-    raise UnsupportedStoreError(
-        f"store URI {uri!r} has unsupported scheme {scheme!r}; use file://, s3:// or az://"
+    return AzureStagingStore.from_environment(
+        parsed.container,
+        parsed.path,
+        connection_string=options.azure_connection_string,
+        account_url=options.azure_account_url,
+        credential=options.azure_credential,
     )
-
-
-def _file_uri_path(uri: str, parts: urllib.parse.SplitResult) -> Path:
-    # A relative root would move with the worker's working directory, and the purge would then
-    # verify a different directory than the one the sync staged into.
-    if parts.netloc not in ("", "localhost"):
-        raise UnsupportedStoreError(
-            f"file URI {uri!r} names host {parts.netloc!r}: it must be a local absolute path, "
-            "file:///absolute/dir/ (a relative path is not accepted)"
-        )
-    path = urllib.parse.unquote(parts.path)
-    if not path.startswith("/"):
-        raise UnsupportedStoreError(
-            f"file URI {uri!r} has a relative path; use file:///absolute/dir/"
-        )
-    return Path(path)
