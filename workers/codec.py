@@ -1,5 +1,5 @@
-"""Every payload encrypted (AES-256-GCM) before it leaves the worker, and the codec server that
-lets the Temporal UI show them to the people allowed to see them.
+"""Every payload encrypted (AES-256-GCM) before it leaves the worker (the codec server that lets
+the Temporal UI show them is workers/codec_server.py).
 
 Key rotation: payloads are encrypted with the first key and decrypted with whichever key their
 metadata names, so a new key goes first and old ones stay until their histories are gone.
@@ -9,7 +9,6 @@ are, so the UI can still start workflows.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import os
@@ -17,14 +16,11 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from google.protobuf import json_format
-from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import (
     DataConverter,
@@ -134,42 +130,3 @@ def data_converter(keys: Sequence[tuple[str, bytes]]) -> DataConverter:
         payload_codec=EncryptionCodec(keys),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
-
-
-def serve_codec(codec: EncryptionCodec, host: str, port: int, ui_origin: str) -> None:
-    """The Temporal UI's remote codec endpoint: POST /decode and /encode, Payloads as JSON."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def _cors(self) -> None:
-            self.send_header("Access-Control-Allow-Origin", ui_origin)
-            self.send_header("Access-Control-Allow-Methods", "POST, OPTIONS")
-            self.send_header("Access-Control-Allow-Headers", "content-type, x-namespace")
-
-        def do_OPTIONS(self) -> None:
-            self.send_response(200)
-            self._cors()
-            self.end_headers()
-
-        def do_POST(self) -> None:
-            if self.path not in ("/decode", "/encode"):
-                self.send_error(404)
-                return
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            payloads = json_format.Parse(body, Payloads())
-            work = codec.decode if self.path == "/decode" else codec.encode
-            try:
-                result = asyncio.run(work(list(payloads.payloads)))
-            except PayloadKeyError as exc:
-                self.send_error(400, str(exc))
-                return
-            answer = json_format.MessageToJson(Payloads(payloads=result)).encode()
-            self.send_response(200)
-            self._cors()
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args: Any) -> None:
-            del args  # quiet: payload contents must not reach a log
-
-    ThreadingHTTPServer((host, port), Handler).serve_forever()
