@@ -1,4 +1,13 @@
-"""`sluice ...`: the dev server, the worker, syncs, and the newcomer's demo."""
+"""`sluice ...`: the dev server, the worker, syncs, and the newcomer's demo.
+
+Exit codes, the same for every command: 0 ok; 1 the run failed (or an unexpected error);
+2 refused (bad arguments or settings, an unknown connection or stream, a connection already
+syncing, a bad connections file, a refused purge target, an unlock while the run goes on);
+3 cancelled (the run was cancelled or terminated in Temporal, or a confirmation was declined);
+4 the run timed out; 5 a service is unreachable (Temporal, the metadata store, a store);
+130 interrupted by Ctrl-C, 143 by SIGTERM (a run in Temporal goes on). `sluice worker` stopped
+by SIGINT or SIGTERM shuts down in order and exits 0.
+"""
 
 from __future__ import annotations
 
@@ -7,56 +16,321 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
+import signal
 import sys
+import traceback
+import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
+import botocore.exceptions
+import pydantic
+import pydantic_settings
+import sqlalchemy.exc
+from azure.core.exceptions import ServiceRequestError
 from rich.console import Console
 from rich.table import Table
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from rich.text import Text
+from sqlalchemy.engine import make_url
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    ApplicationError,
+    FailureError,
+    TerminatedError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.exceptions import CancelledError as TemporalCancelledError
+from temporalio.exceptions import TimeoutError as TemporalTimeoutError
+from temporalio.service import RPCError, RPCStatusCode
 
-from purge.purge import purge_prefix
+from purge.errors import PurgeError
 from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
-from purge.stores import UnsupportedStoreError, open_store
-from purge.targets import TargetRefusedError, parse_target
-from workers.airbyte.connector import ConnectorError, ConnectorInstaller
-from workers.client import connect, has_worker
-from workers.codec import EncryptionCodec, PayloadKeyError, serve_codec
-from workers.connections import ConnectionsFile, ConnectionsFileError, UnknownConnectionError
+from workers.activities.locks import ConnectionLocks
+from workers.airbyte.connector import ConnectorInstaller
+from workers.client import (
+    TemporalAddressError,
+    TemporalUnreachableError,
+    connect,
+    has_worker,
+    ui_link,
+)
+from workers.codec import EncryptionCodec, PayloadKeyError
+from workers.codec_server import serve_codec
+from workers.connections import ConnectionsFile, ConnectionsFileError
 from workers.devserver import DevServerError, is_listening, server_command, start_in_background
+from workers.errors import SluiceError
+from workers.purging import Purger
 from workers.runlog import configure_logging
 from workers.schedules import apply_schedules
 from workers.settings import Settings
-from workers.storage import purge_allow_list, store_options
 from workers.store.metadata import MetadataStore
 from workers.worker import build_worker
 from workflows.models import SyncRequest, SyncSummary
 from workflows.sync import SyncConnectionWorkflow
 
 EXAMPLE_CONNECTION = "faker"
+# Every dynamic text goes out as rich.text.Text (or plain print): never through console markup
+# or emoji codes, so "[x]" or "[[connections]]" in a path or a message prints as it is.
 console = Console(stderr=True, soft_wrap=True)  # messages stay whole lines, for logs and grep
 out = Console()
 
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_CANCELLED = 3
+EXIT_TIMED_OUT = 4
+EXIT_UNREACHABLE = 5
+EXIT_INTERRUPTED = 130
 
-def _ui_url(settings: Settings, workflow_id: str | None = None) -> str:
-    base = f"http://localhost:{settings.temporal_ui_port}/namespaces/{settings.temporal_namespace}"
-    return f"{base}/workflows/{workflow_id}" if workflow_id else f"{base}/workflows"
+# Failure types (ApplicationError.type, set by the activities) that mean the request was refused
+# before anything ran: what was asked for cannot be done as asked.
+REFUSED_FAILURE_TYPES = frozenset(
+    {
+        "ConnectionBusy",
+        "UnknownConnection",
+        "UnknownStream",
+        "InvalidConnectionsFile",
+        "InvalidConnection",
+        "InvalidRequest",
+        "MissingSecret",
+        "AirbyteConfig",
+    }
+)
+
+
+class CliError(Exception):
+    """A command's own refusal or failure: printed as one line, exit code `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def say(message: str, style: str = "") -> None:
+    """One line on stderr, printed literally (no markup, no emoji codes)."""
+    console.print(Text(message, style=style))
+
+
+def _check(message: str) -> None:
+    console.print(Text.assemble(("✓ ", "green"), message))
+
+
+def _error(message: str) -> None:
+    console.print(Text.assemble(("sluice: ", "red"), message))
+
+
+# -- failures of runs ---------------------------------------------------------------------------
+
+
+def _failure_chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__
+    return chain
+
+
+def root_failure(error: BaseException) -> BaseException:
+    """What went wrong, under the wrappers Temporal puts around it (WorkflowFailureError ->
+    ActivityError -> ApplicationError): the innermost ApplicationError of the cause chain, or
+    else its innermost failure (a cancellation, a timeout, a termination)."""
+    chain = _failure_chain(error)
+    applications = [e for e in chain if isinstance(e, ApplicationError)]
+    return applications[-1] if applications else chain[-1]
+
+
+def describe_failure(error: BaseException) -> str:
+    """`Type: message` of the root failure; messages were scrubbed by the worker already."""
+    root = root_failure(error)
+    kind = type(root).__name__
+    if isinstance(root, ApplicationError) and root.type:
+        kind = root.type
+    message = root.message if isinstance(root, FailureError) else str(root)
+    return f"{kind}: {message}" if message else kind
+
+
+def failure_outcome(error: BaseException) -> tuple[int, str]:
+    """(exit code, word) for a run's failure: cancelled / terminated (3), timed out (4),
+    refused (2: the request could not be run as asked), failed (1)."""
+    chain = _failure_chain(error)
+    if any(isinstance(e, TerminatedError) for e in chain):
+        return EXIT_CANCELLED, "terminated"
+    if any(isinstance(e, TemporalCancelledError) for e in chain):
+        return EXIT_CANCELLED, "cancelled"
+    if any(isinstance(e, TemporalTimeoutError) for e in chain):
+        return EXIT_TIMED_OUT, "timed out"
+    root = root_failure(error)
+    kind = (root.type or "") if isinstance(root, ApplicationError) else ""
+    if kind in REFUSED_FAILURE_TYPES:
+        return EXIT_REFUSED, "refused"
+    if "cancel" in kind.lower():
+        return EXIT_CANCELLED, "cancelled"
+    if "timeout" in kind.lower() or "timedout" in kind.lower():
+        return EXIT_TIMED_OUT, "timed out"
+    return EXIT_FAILED, "failed"
+
+
+_STATUS_EXIT = {
+    "succeeded": EXIT_OK,
+    "failed": EXIT_FAILED,
+    "cancelled": EXIT_CANCELLED,
+    "timed_out": EXIT_TIMED_OUT,
+}
+
+
+def report_failure(label: str, error: WorkflowFailureError) -> int:
+    """Print `<label> failed: Type: message` (or refused, cancelled, terminated, timed out) on
+    one line; return the exit code."""
+    code, word = failure_outcome(error)
+    console.print(Text.assemble((f"{label} {word}: ", "red"), describe_failure(error)))
+    return code
+
+
+# -- errors of our own, and unreachable services -------------------------------------------------
+
+# Kinds (the `kind` of Sluice's and purge's own errors) that mean "refused", not "failed".
+REFUSED_KINDS = REFUSED_FAILURE_TYPES | {
+    "PurgeRefused",
+    "UnsafePrefix",
+    "UnsafeKey",
+    "UnsupportedStore",
+    "AzureStoreConfig",
+    "ConnectorNotFound",
+}
+
+# Errors that are neither Sluice's own nor purge's, and mean "refused".
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (PayloadKeyError, TemporalAddressError)
+
+
+def _metadata_url_for_humans(settings: Settings | None) -> str:
+    if settings is None:
+        return "the metadata store"
+    try:
+        url = make_url(settings.resolved_metadata_url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "the metadata store"
+    return f"the metadata store at {url}"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _settings_problem(error: pydantic.ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item.get("loc") else "?"
+        field = Settings.model_fields.get(name)
+        if field is not None and field.alias:
+            variable = field.alias
+        elif name.isupper():
+            variable = name
+        else:
+            variable = f"SLUICE_{name.upper()}"
+        problems.append(f"{variable}: {item['msg']}")  # never the value: it may be a secret
+    return "invalid setting " + "; ".join(problems)
+
+
+def explain(error: BaseException, settings: Settings | None) -> tuple[int, str] | None:
+    """(exit code, one line) for an error we know, None for a truly unexpected one."""
+    if isinstance(error, CliError):
+        return error.code, str(error)
+    if isinstance(error, SluiceError | PurgeError):
+        return (EXIT_REFUSED if error.kind in REFUSED_KINDS else EXIT_FAILED), str(error)
+    if isinstance(error, WorkflowFailureError):
+        code, word = failure_outcome(error)
+        return code, f"run {word}: {describe_failure(error)}"
+    if isinstance(error, WorkflowAlreadyStartedError):
+        return EXIT_REFUSED, f"a run is already going as workflow {error.workflow_id}"
+    if isinstance(error, REFUSED_ERRORS):
+        return EXIT_REFUSED, str(error)
+    if isinstance(error, pydantic.ValidationError):
+        return EXIT_REFUSED, _settings_problem(error)
+    if isinstance(error, pydantic_settings.SettingsError):
+        return EXIT_REFUSED, f"invalid settings: {error}"
+    if isinstance(error, TemporalUnreachableError | DevServerError):
+        return EXIT_UNREACHABLE, str(error)
+    if isinstance(error, RPCError):
+        address = settings.temporal_address if settings else "?"
+        if error.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            return EXIT_UNREACHABLE, f"lost Temporal at {address}: {error.message}"
+        if error.status in (
+            RPCStatusCode.NOT_FOUND,
+            RPCStatusCode.INVALID_ARGUMENT,
+            RPCStatusCode.PERMISSION_DENIED,
+            RPCStatusCode.UNAUTHENTICATED,
+        ):
+            return EXIT_REFUSED, f"Temporal at {address} refused: {error.message}"
+        return EXIT_FAILED, f"Temporal at {address}: {error.message}"
+    if isinstance(error, sqlalchemy.exc.NoSuchModuleError):
+        return EXIT_REFUSED, f"SLUICE_METADATA_URL names an unknown database driver: {error}"
+    if isinstance(error, sqlalchemy.exc.ArgumentError):
+        return (
+            EXIT_REFUSED,
+            "SLUICE_METADATA_URL is not a SQLAlchemy URL "
+            "(e.g. postgresql+psycopg://user@host/db, sqlite:////abs/path.db)",
+        )
+    if isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        reason = _first_line(error.orig) if error.orig is not None else _first_line(error)
+        return (
+            EXIT_UNREACHABLE,
+            f"cannot use {_metadata_url_for_humans(settings)} (SLUICE_METADATA_URL): {reason}",
+        )
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return EXIT_REFUSED, f"S3: {error} (set AWS_ACCESS_KEY_ID / AWS_PROFILE)"
+    if isinstance(
+        error,
+        botocore.exceptions.EndpointConnectionError
+        | botocore.exceptions.ConnectTimeoutError
+        | ServiceRequestError,
+    ):
+        return EXIT_UNREACHABLE, f"cannot reach the store: {_first_line(error)}"
+    if isinstance(error, ConnectionError):
+        return EXIT_UNREACHABLE, _first_line(error)
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return EXIT_FAILED, f"{error.strerror}{where}"
+    return None
+
+
+def report_error(error: BaseException, settings: Settings | None, debug: bool) -> int:
+    known = explain(error, settings)
+    if known is not None:
+        code, message = known
+        _error(message)
+        return code
+    if debug:
+        traceback.print_exception(error)
+        _error(f"unexpected {type(error).__name__}")
+    else:
+        _error(f"unexpected {type(error).__name__} (SLUICE_LOG_LEVEL=DEBUG prints its traceback)")
+    return EXIT_FAILED
+
+
+# -- runs -----------------------------------------------------------------------------------------
 
 
 @contextlib.asynccontextmanager
 async def _worker_unless_running(client: Client, settings: Settings) -> AsyncIterator[None]:
     if await has_worker(client, settings):
-        console.print(f"[green]✓[/] a worker is polling task queue {settings.task_queue!r}")
+        _check(f"a worker is polling task queue {settings.task_queue!r}")
         yield
         return
-    console.print(
-        f"[green]✓[/] starting a worker in this process (task queue {settings.task_queue!r})"
-    )
+    _check(f"starting a worker in this process (task queue {settings.task_queue!r})")
     worker = build_worker(client, settings)
     async with worker:
         yield
@@ -78,24 +352,27 @@ async def start_sync(
 
 
 async def _wait_with_progress(handle: WorkflowHandle[Any, SyncSummary], label: str) -> SyncSummary:
-    with console.status(f"{label}: starting") as status:
-        task = asyncio.ensure_future(handle.result())
-        while not task.done():
-            with contextlib.suppress(Exception):
-                phase = await handle.query(SyncConnectionWorkflow.phase)
-                status.update(f"{label}: {phase}")
-            await asyncio.wait({task}, timeout=0.5)
-        return task.result()
+    task = asyncio.ensure_future(handle.result())
+    try:
+        with console.status(Text(f"{label}: starting")) as status:
+            while not task.done():
+                with contextlib.suppress(Exception):
+                    phase = await handle.query(SyncConnectionWorkflow.phase)
+                    status.update(Text(f"{label}: {phase}"))
+                await asyncio.wait({task}, timeout=0.5)
+            return task.result()
+    finally:
+        task.cancel()
 
 
 def summary_table(
     title: str, summary: SyncSummary, settings: Settings, workflow_id: str, destination: str
 ) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     table.add_column("stream")
     table.add_column("records", justify="right", overflow="fold")
     for stream, count in summary.records.items():
-        table.add_row(stream, str(count))
+        table.add_row(Text(stream), str(count))
     table.add_section()
     redactions = ", ".join(f"{k}={v}" for k, v in summary.redactions.items())
     rows = [
@@ -106,11 +383,11 @@ def summary_table(
         ("receipt", summary.receipt_id or "-"),
         ("data", destination),
         ("scrubbed log", summary.log_uri or "-"),
-        ("Temporal UI", _ui_url(settings, workflow_id)),
+        ("Temporal UI", ui_link(settings, workflow_id, summary.run_id)),
         ("duration", f"{summary.duration_seconds:.1f}s"),
     ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))
     return table
 
 
@@ -120,32 +397,81 @@ def summary_table(
 def cmd_server(settings: Settings, _args: argparse.Namespace) -> int:
     settings.state_path.mkdir(parents=True, exist_ok=True)
     command = server_command(settings)
-    console.print(f"Temporal dev server on {settings.temporal_address}, UI {_ui_url(settings)}")
-    console.print(f"state persisted in {settings.temporal_db}")
+    say(
+        f"Temporal dev server on {settings.temporal_address}, "
+        f"UI http://localhost:{settings.temporal_ui_port}"
+    )
+    say(f"state persisted in {settings.temporal_db}")
+    sys.stderr.flush()
     os.execv(command[0], command)
-    return 0  # pragma: no cover
+    return EXIT_OK  # pragma: no cover
 
 
 async def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
+    """Run until SIGINT or SIGTERM, then shut down in order: stop polling, cancel running
+    activities and wait for them to end (a sync stops its connector and retains its scrubbed
+    log), then let the activity threads go, before the interpreter exits."""
     client = await connect(settings, wait_seconds=30)
     worker = build_worker(client, settings)
-    console.print(f"worker polling {settings.task_queue!r} on {settings.temporal_address}")
-    await worker.run()
-    return 0
+    executor = worker.config().get("activity_executor")
+    stop = asyncio.Event()
+
+    def request_stop(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            say(f"{name}: still stopping, waiting for running activities to end")
+            return
+        say(f"{name}: stopping the worker; running activities are cancelled and end cleanly")
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, request_stop, signum)
+    say(f"worker polling {settings.task_queue!r} on {settings.temporal_address}")
+    run = asyncio.create_task(worker.run())
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not run.done():
+            await worker.shutdown()
+        await run  # a fatal worker error is raised here
+    finally:
+        stopped.cancel()
+        if isinstance(executor, Executor):
+            await asyncio.to_thread(executor.shutdown, wait=True)
+    say("worker stopped")
+    return EXIT_OK
 
 
 async def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
     request = SyncRequest(connection_id=args.connection, reset=args.reset, streams=args.stream)
     ConnectionsFile.load(settings.connections_file).get(request.connection_id)
     client = await connect(settings, wait_seconds=3)
-    handle = await start_sync(client, settings, request)
-    console.print(f"started {handle.id}: {_ui_url(settings, handle.id)}")
+    try:
+        handle = await start_sync(client, settings, request)
+    except WorkflowAlreadyStartedError as exc:
+        raise CliError(
+            f"connection {request.connection_id!r} is already syncing as workflow "
+            f"{exc.workflow_id}: {ui_link(settings, exc.workflow_id)}"
+        ) from None
+    link = ui_link(settings, handle.id, handle.result_run_id)
+    say(f"started {handle.id}: {link}")
     if not args.wait:
-        out.print(handle.id)
-        return 0
-    summary = await _wait_with_progress(handle, f"sync {request.connection_id}")
+        print(handle.id)
+        return EXIT_OK
+    try:
+        summary = await _wait_with_progress(handle, f"sync {request.connection_id}")
+    except WorkflowFailureError as exc:
+        return report_failure("sync", exc)
+    except asyncio.CancelledError:
+        say(f"stopped waiting; the run goes on in Temporal: {link}")
+        raise
     out.print_json(summary.model_dump_json())
-    return 0
+    if summary.status != "succeeded":
+        console.print(
+            Text.assemble((f"sync {summary.status.replace('_', ' ')}: ", "red"), f"see {link}")
+        )
+    return _STATUS_EXIT.get(summary.status, EXIT_FAILED)
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -153,17 +479,17 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     connection = connections.get(args.connection)
     installer = ConnectorInstaller(settings.connectors_dir)
     with console.status(
-        f"installing connector {connection.source.package or connection.source.command[0]}"
+        Text(f"installing connector {connection.source.package or connection.source.command[0]}")
     ):
         argv = installer.argv(connection.source)
-    console.print(f"[green]✓[/] connector ready: {argv[0]}")
+    _check(f"connector ready: {argv[0]}")
     if is_listening(settings.temporal_address):
-        console.print(f"[green]✓[/] Temporal is running at {settings.temporal_address}")
+        _check(f"Temporal is running at {settings.temporal_address}")
     else:
         with console.status("starting the Temporal dev server"):
             start_in_background(settings)
-        console.print(
-            f"[green]✓[/] started the Temporal dev server at {settings.temporal_address} "
+        _check(
+            f"started the Temporal dev server at {settings.temporal_address} "
             f"(state in {settings.temporal_db}; log in {settings.state_path / 'temporal.log'})"
         )
     client = await connect(settings, wait_seconds=30)
@@ -174,7 +500,10 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             handle = await start_sync(
                 client, settings, SyncRequest(connection_id=connection.id, reset=reset)
             )
-            summary = await _wait_with_progress(handle, f"run {number}: {label}")
+            try:
+                summary = await _wait_with_progress(handle, f"run {number}: {label}")
+            except WorkflowFailureError as exc:
+                return report_failure(f"run {number} ({label})", exc)
             out.print(
                 summary_table(
                     f"Run {number}: {label} of {connection.id!r} — {summary.status}",
@@ -184,8 +513,10 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
                     str(connection.destination.path),
                 )
             )
-    out.print(f"Temporal UI: {_ui_url(settings)}")
-    return 0
+            if summary.status != "succeeded":
+                return _STATUS_EXIT.get(summary.status, EXIT_FAILED)
+    print(f"Temporal UI: {ui_link(settings)}")
+    return EXIT_OK
 
 
 def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
@@ -193,44 +524,107 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
         connections: ConnectionsFile | None = ConnectionsFile.load(settings.connections_file)
     except ConnectionsFileError:
         connections = None  # purging must not depend on a valid connections file
-    target = parse_target(args.uri, purge_allow_list(settings, connections))
+    checks = Purger(settings)
+    target = checks.target(args.uri, checks.allow_list(connections))  # refused before any call
     if not args.dry_run and not args.yes:
         if not sys.stdin.isatty():
-            console.print(
-                f"[red]error:[/] purging {target.uri} deletes every object and version "
-                "under it; pass --yes (or --dry-run)"
+            raise CliError(
+                f"purging {target.uri} deletes every object and version under it; "
+                "pass --yes (or --dry-run)"
             )
-            return 2
         if input(f"delete everything under {target.uri}? [y/N] ").strip().lower() != "y":
-            return 1
-    store = open_store(target.store_uri, store_options(settings))
-    receipt = purge_prefix(
-        store, target.prefix, receipt_id=f"purge-cli-{uuid.uuid4()}", dry_run=args.dry_run
-    )
-    MetadataStore.from_url(settings.resolved_metadata_url).record_receipt(receipt, None)
+            say("not purged: not confirmed")
+            return EXIT_CANCELLED
+    # The metadata store is opened before anything is deleted: no purge without its receipt.
+    purger = Purger(settings, MetadataStore.from_url(settings.resolved_metadata_url))
+    receipt = purger.purge(target, receipt_id=f"purge-cli-{uuid.uuid4()}", dry_run=args.dry_run)
     out.print_json(receipt.model_dump_json())
     if args.dry_run:
-        return 0
+        return EXIT_OK
     if not receipt.verified_empty:
         console.print(
-            f"[red]not purged:[/] {receipt.remaining} objects remain, "
-            f"{receipt.objects_failed} could not be deleted"
+            Text.assemble(
+                ("not purged: ", "red"),
+                f"{receipt.remaining} objects remain, "
+                f"{receipt.objects_failed} could not be deleted",
+            )
         )
-        return 1
+        return EXIT_FAILED
     if receipt.recoverable_until is not None:
-        console.print(
-            f"[yellow]deleted, but recoverable until {receipt.recoverable_until:%Y-%m-%d %H:%M} "
-            f"UTC[/]: the store keeps deleted objects ({receipt.store_settings})"
+        say(
+            f"deleted, but recoverable until {receipt.recoverable_until:%Y-%m-%d %H:%M} UTC: "
+            f"the store keeps deleted objects ({receipt.store_settings})",
+            style="yellow",
         )
-    return 0
+    return EXIT_OK
 
 
 async def cmd_schedules(settings: Settings, _args: argparse.Namespace) -> int:
     connections = ConnectionsFile.load(settings.connections_file)
     client = await connect(settings, wait_seconds=3)
     for schedule_id in await apply_schedules(client, settings, connections):
-        out.print(schedule_id)
-    return 0
+        print(schedule_id)
+    return EXIT_OK
+
+
+async def _workflow_status(
+    client: Client, workflow_id: str, run_id: str
+) -> WorkflowExecutionStatus | None:
+    """The run's status in Temporal; None when Temporal does not know it."""
+    try:
+        description = await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+    except RPCError as exc:
+        # Not found (never started, or gone with retention), or not a run id at all.
+        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            return None
+        raise
+    return description.status
+
+
+@dataclass(frozen=True)
+class _KnownStatus:
+    """The WorkflowRuns of ConnectionLocks, answering with what `unlock` asked Temporal."""
+
+    known: WorkflowExecutionStatus | None
+
+    def status(self, _workflow_id: str, _run_id: str) -> WorkflowExecutionStatus | None:
+        return self.known
+
+
+async def cmd_unlock(settings: Settings, args: argparse.Namespace) -> int:
+    """Release a connection's lock whose run's workflow no longer runs. The run is finished as
+    the sweep finishes an abandoned one: recorded (unless it recorded itself), its staging kept
+    on record for the sweep, and the lock given back."""
+    connection_id: str = args.connection
+    metadata = MetadataStore.from_url(settings.resolved_metadata_url)
+    holder = metadata.lock_holder(connection_id)
+    if holder is None:
+        say(f"connection {connection_id!r} is not locked")
+        return EXIT_OK
+    run_id = str(holder["run_id"])
+    # Locks taken by older versions name no workflow: the CLI's own id is the one to check.
+    workflow_id = holder.get("workflow_id") or f"sync-{connection_id}"
+    client = await connect(settings, wait_seconds=3)
+    status = await _workflow_status(client, workflow_id, run_id)
+    if status == WorkflowExecutionStatus.RUNNING:
+        raise CliError(
+            f"connection {connection_id!r} is locked by run {run_id} of workflow {workflow_id}, "
+            "which is still running in Temporal: cancel it there, or wait for it "
+            f"({ui_link(settings, workflow_id, run_id)})"
+        )
+    locks = ConnectionLocks(
+        metadata, _KnownStatus(status), timedelta(minutes=settings.lock_ttl_minutes)
+    )
+    locks.finish_if_abandoned({**holder, "workflow_id": workflow_id})
+    state = "unknown to Temporal" if status is None else status.name.lower()
+    say(
+        f"released the lock of connection {connection_id!r}: run {run_id} of workflow "
+        f"{workflow_id} is {state}"
+    )
+    now = metadata.lock_holder(connection_id)
+    if now is not None:
+        say(f"connection {connection_id!r} is now locked by a new run, {now['run_id']}")
+    return EXIT_OK
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -243,8 +637,8 @@ def _read_json(path: str, what: str) -> Any:
         raise ScrubInputError(f"{what} {path}: not JSON: {exc}") from None
 
 
-class ScrubInputError(ValueError):
-    """A file given to `sluice scrub` is missing or not what it should be."""
+class ScrubInputError(CliError, ValueError):
+    """A file given to `sluice scrub` is missing or not what it should be (exit 2)."""
 
 
 def cmd_scrub(_settings: Settings, args: argparse.Namespace) -> int:
@@ -280,20 +674,26 @@ def cmd_scrub(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_codec_server(settings: Settings, args: argparse.Namespace) -> int:
-    ui = f"http://localhost:{settings.temporal_ui_port}"
-    console.print(
-        f"codec server on http://127.0.0.1:{args.port} for the Temporal UI at {ui}; set it as "
-        "the UI's codec endpoint (or start the dev server with --ui-codec-endpoint)"
+    parts = urllib.parse.urlsplit(settings.temporal_ui_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    say(
+        f"codec server on http://127.0.0.1:{args.port} for the Temporal UI at {origin}; set it "
+        "as the UI's codec endpoint (or start the dev server with --ui-codec-endpoint)"
     )
-    serve_codec(EncryptionCodec(settings.payload_key_list()), "127.0.0.1", args.port, ui)
-    return 0
+    serve_codec(EncryptionCodec(settings.payload_key_list()), "127.0.0.1", args.port, origin)
+    return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sluice",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("server", help="run the Temporal dev server (persisted in the state dir)")
-    sub.add_parser("worker", help="run a worker on the task queue")
+    sub.add_parser("worker", help="run a worker on the task queue (SIGINT/SIGTERM: stop in order)")
     sync = sub.add_parser("sync", help="start a sync of one connection")
     sync.add_argument("connection")
     sync.add_argument("--wait", action="store_true", help="wait and print the run summary")
@@ -307,6 +707,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     purge.add_argument("--dry-run", action="store_true", help="list what would go; delete nothing")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    unlock = sub.add_parser(
+        "unlock",
+        help="release a connection's run lock, unless its run's workflow is still running",
+    )
+    unlock.add_argument("connection")
     schedules = sub.add_parser(
         "schedules", help="create or update the Temporal schedules (syncs, retention sweep)"
     )
@@ -340,48 +745,84 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    configure_logging(os.environ.get("SLUICE_LOG_LEVEL", "WARNING"))
-    settings = Settings()
+async def _interruptible(command: Coroutine[Any, Any, int]) -> int:
+    """Run a command; SIGINT or SIGTERM cancels it (its cleanup runs) and exits 130. A command
+    may install handlers of its own (`sluice worker` does)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    interrupted: list[int] = []
+
+    def interrupt(signum: int) -> None:
+        if not interrupted:
+            interrupted.append(signum)
+            task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt, signum)
     try:
-        if args.command == "server":
-            return cmd_server(settings, args)
-        if args.command == "purge":
-            return cmd_purge(settings, args)
-        if args.command == "scrub":
-            return cmd_scrub(settings, args)
-        if args.command == "codec-server":
-            return cmd_codec_server(settings, args)
-        command = {
-            "worker": cmd_worker,
-            "sync": cmd_sync,
-            "demo": cmd_demo,
-            "schedules": cmd_schedules,
-        }[args.command]
-        return asyncio.run(command(settings, args))
-    except (
-        ConnectionsFileError,
-        UnknownConnectionError,
-        DevServerError,
-        ConnectorError,
-        TargetRefusedError,
-        UnsupportedStoreError,
-        ScrubInputError,
-        PayloadKeyError,
-    ) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
-    except WorkflowAlreadyStartedError as exc:
-        console.print(f"[red]error:[/] a sync is already running as {exc.workflow_id}")
-        return 1
-    except WorkflowFailureError as exc:
-        cause = exc.cause
-        message = getattr(cause, "message", None) or str(cause)
-        console.print(f"[red]sync failed:[/] {message}")
-        return 1
+        return await command
+    except asyncio.CancelledError:
+        if interrupted:
+            return 128 + interrupted[0]  # 130 for SIGINT, 143 for SIGTERM, as shells say
+        raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+SYNC_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "server": cmd_server,
+    "purge": cmd_purge,
+    "scrub": cmd_scrub,
+    "codec-server": cmd_codec_server,
+}
+ASYNC_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "worker": cmd_worker,
+    "sync": cmd_sync,
+    "demo": cmd_demo,
+    "schedules": cmd_schedules,
+    "unlock": cmd_unlock,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)  # bad arguments: usage on stderr, exit 2
+    code = _run(args)
+    if argv is None and args.command in ASYNC_COMMANDS:
+        # The `sluice` program, after a command that used a Temporal client: the SDK's Rust
+        # threads may still release Python objects while the interpreter finalizes, which
+        # aborts it ("Fatal Python error: PyGILState_Release", temporalio/sdk-python#300).
+        # Everything is done and shut down in order by now: leave without finalizing.
+        _exit_without_finalizing(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    level = os.environ.get("SLUICE_LOG_LEVEL", "WARNING")
+    debug = level.strip().upper() == "DEBUG"
+    settings: Settings | None = None
+    try:
+        try:
+            configure_logging(level)
+        except ValueError as exc:
+            raise CliError(f"SLUICE_LOG_LEVEL: {exc}") from None
+        settings = Settings()
+        if args.command in SYNC_COMMANDS:
+            return SYNC_COMMANDS[args.command](settings, args)
+        return asyncio.run(_interruptible(ASYNC_COMMANDS[args.command](settings, args)))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return report_error(exc, settings, debug)
+
+
+def _exit_without_finalizing(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""The one place that builds the Temporal client."""
+"""The one place that builds the Temporal client, and the links into the Temporal UI."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import urllib.parse
+from datetime import timedelta
 
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -13,22 +16,91 @@ from temporalio.client import Client
 from workers.codec import data_converter
 from workers.settings import Settings
 
+# One connection attempt never takes longer than this (a black-holed address would otherwise
+# hang until the operating system gives up on the TCP handshake).
+CONNECT_TIMEOUT = timedelta(seconds=5)
+
+
+class TemporalUnreachableError(RuntimeError):
+    """No Temporal frontend answers at the configured address."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot reach Temporal at {address} (SLUICE_TEMPORAL_ADDRESS): {reason}")
+        self.address = address
+        self.reason = reason
+
+
+class TemporalAddressError(ValueError):
+    """SLUICE_TEMPORAL_ADDRESS is not an address a client can connect to."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(
+            f"SLUICE_TEMPORAL_ADDRESS {address!r} is not a host:port address: {reason}"
+        )
+        self.address = address
+
+
+def _is_local(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]") or address
+    return host in ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
+def unreachable_reason(error: BaseException) -> str:
+    """A few words on why a connection failed, from the SDK's (long, Rust-flavoured) text."""
+    text = str(error)
+    lower = text.lower()
+    if "connection refused" in lower or "connectionrefused" in lower:
+        return "connection refused"
+    if "dns error" in lower or "failed to lookup address" in lower:
+        return "unknown host"
+    if "timed out" in lower or "timeout" in lower or "deadline" in lower:
+        return "timed out"
+    if "invalid uri" in lower or "invalid authority" in lower or "invalid port" in lower:
+        return "not a host:port address"
+    text = re.sub(r"\s+", " ", text.removeprefix("Failed client connect: ")).strip()
+    return text if len(text) <= 200 else text[:197] + "..."
+
 
 async def connect(settings: Settings, wait_seconds: float = 0) -> Client:
     """A client whose payloads are encrypted before they leave the process. With
-    `wait_seconds`, a server that is still starting is waited for that long."""
+    `wait_seconds`, a server that is still starting is waited for that long. Raises
+    `TemporalUnreachableError` (a RuntimeError) when no server answered in time, and
+    `TemporalAddressError` (a ValueError) for an address that is not one."""
     deadline = time.monotonic() + wait_seconds
+    converter = data_converter(settings.payload_key_list())
     while True:
         try:
             return await Client.connect(
                 settings.temporal_address,
                 namespace=settings.temporal_namespace,
-                data_converter=data_converter(settings.payload_key_list()),
+                data_converter=converter,
+                connect_timeout=CONNECT_TIMEOUT,
             )
-        except RuntimeError:
+        except RuntimeError as exc:
             if time.monotonic() >= deadline:
-                raise
+                reason = unreachable_reason(exc)
+                if _is_local(settings.temporal_address) and reason == "connection refused":
+                    reason += "; start it with 'sluice server'"
+                raise TemporalUnreachableError(settings.temporal_address, reason) from exc
             await asyncio.sleep(0.5)
+        except ValueError as exc:
+            raise TemporalAddressError(settings.temporal_address, str(exc)) from exc
+
+
+def ui_link(settings: Settings, workflow_id: str | None = None, run_id: str | None = None) -> str:
+    """The Temporal UI page of a workflow run (or of a workflow's latest run, or of the
+    namespace's workflows), under SLUICE_TEMPORAL_UI_URL."""
+    base = settings.temporal_ui_url.rstrip("/")
+    link = f"{base}/namespaces/{_quote(settings.temporal_namespace)}/workflows"
+    if workflow_id:
+        link += f"/{_quote(workflow_id)}"
+        if run_id:
+            link += f"/{_quote(run_id)}"
+    return link
+
+
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
 
 
 async def has_worker(client: Client, settings: Settings) -> bool:
