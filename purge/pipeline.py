@@ -77,7 +77,7 @@ class DeleteRetryPolicy:
         back in step, yet each still waits at least half the nominal delay.
         """
         ceiling = min(self.max_delay, self.base_delay * 2 ** min(max(attempt, 1) - 1, 30))
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+        return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
 class AdaptiveConcurrency:

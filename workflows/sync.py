@@ -193,7 +193,7 @@ class SyncConnectionWorkflow:
             return
         self._phase = "purging staging"
         try:
-            end.receipt = await self._to_completion(
+            receipt: PurgeReceipt = await self._to_completion(
                 workflow.execute_activity(
                     ActivityName.PURGE_STAGING,
                     PurgeInput(plan=plan),
@@ -206,7 +206,8 @@ class SyncConnectionWorkflow:
             )
         except ActivityError as err:
             raise _RunFailed(f"purge failed: {_failure_message(err)}") from None
-        if not end.receipt.verified_empty:
+        end.receipt = receipt
+        if not receipt.verified_empty:
             raise _RunFailed("purge verification found objects left under the staging prefix")
 
     async def _to_completion(self, operation: Awaitable[T], end: _RunEnd) -> T:
@@ -290,7 +291,7 @@ class SyncConnectionWorkflow:
     ) -> SyncOutcome:
         self._phase = "syncing"
         try:
-            return await workflow.execute_activity(
+            outcome: SyncOutcome = await workflow.execute_activity(
                 ActivityName.RUN_SYNC,
                 RunSyncInput(plan=plan, reset=request.reset),
                 result_type=SyncOutcome,
@@ -308,6 +309,7 @@ class SyncConnectionWorkflow:
             if scrub is not None:
                 end.outcome = SyncOutcome(run_id=plan.run_id, streams=[], scrub=scrub)
             raise
+        return outcome
 
     async def _sync_airbyte(self, plan: RunPlan, deadline: datetime, end: _RunEnd) -> SyncOutcome:
         self._phase = "starting Airbyte job"

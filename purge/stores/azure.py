@@ -17,6 +17,7 @@ and `recoverable_until` says until when they stay recoverable, for the receipt.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import itertools
 import re
@@ -284,7 +285,7 @@ class AzureStagingStore(StagingStore):
         versions, and snapshots whose base blob could not be deleted.
         """
         result = DeleteResult(deleted=[], failed=[])
-        outcomes: list[_Outcome | None] = [None] * len(objects)
+        outcomes: builtins.list[_Outcome | None] = [None] * len(objects)
         plan = _Plan()
         for index, obj in enumerate(objects):
             refused = _refusal(obj.key)
@@ -314,8 +315,8 @@ class AzureStagingStore(StagingStore):
         for index, request in plan.outcome_of.items():
             outcomes[index] = first[request]
 
-        second: list[dict[str, Any]] = []
-        waiting: list[int] = []
+        second: builtins.list[dict[str, Any]] = []
+        waiting: builtins.list[int] = []
         for index in plan.current_versions:
             if first[plan.outcome_of[index]].status == "deleted":
                 second.append(
@@ -336,18 +337,18 @@ class AzureStagingStore(StagingStore):
                 # each is tried on its own rather than reported with the base blob's answer.
                 second.append({"name": name, "snapshot": _suffix(objects[index])})
                 waiting.append(index)
-        for index, outcome in zip(waiting, self._send(second), strict=True):
-            outcomes[index] = outcome
+        for index, answer in zip(waiting, self._send(second), strict=True):
+            outcomes[index] = answer
 
-        for obj, outcome in zip(objects, outcomes, strict=True):
-            assert outcome is not None  # every object got a decision above
-            if outcome.status == "deleted":
+        for obj, decided in zip(objects, outcomes, strict=True):
+            assert decided is not None  # every object got a decision above
+            if decided.status == "deleted":
                 result.deleted.append(obj)
-            elif outcome.status == "retry":
-                result.retry.append((obj, outcome.reason))
+            elif decided.status == "retry":
+                result.retry.append((obj, decided.reason))
             else:
-                result.failed.append((obj, outcome.reason))
-            result.throttled = result.throttled or outcome.throttled
+                result.failed.append((obj, decided.reason))
+            result.throttled = result.throttled or decided.throttled
         return result
 
     def _base_request(self, plan: _Plan, name: str) -> int:
@@ -357,14 +358,14 @@ class AzureStagingStore(StagingStore):
             plan.first.append({"name": name, "delete_snapshots": "include"})
         return plan.base_of[name]
 
-    def _send(self, requests: list[dict[str, Any]]) -> list[_Outcome]:
+    def _send(self, requests: builtins.list[dict[str, Any]]) -> builtins.list[_Outcome]:
         """Send the sub-requests in batches of at most 256 and return one outcome for each."""
-        outcomes: list[_Outcome] = []
+        outcomes: builtins.list[_Outcome] = []
         for start in range(0, len(requests), MAX_BATCH_SUBREQUESTS):
             outcomes.extend(self._send_batch(requests[start : start + MAX_BATCH_SUBREQUESTS]))
         return outcomes
 
-    def _send_batch(self, batch: list[dict[str, Any]]) -> list[_Outcome]:
+    def _send_batch(self, batch: builtins.list[dict[str, Any]]) -> builtins.list[_Outcome]:
         try:
             # raise_on_any_failure=False: a batch answers 202 even when sub-requests failed, so
             # each sub-response is judged on its own below.
@@ -468,8 +469,9 @@ def _error_code(exc: HttpResponseError) -> str | None:
     code = getattr(exc, "error_code", None)
     if code:
         return str(code)
-    response = exc.response
-    return response.headers.get("x-ms-error-code") if response is not None else None
+    # The SDK types the response's common part only; every transport's response has headers.
+    headers = getattr(exc.response, "headers", None)
+    return headers.get("x-ms-error-code") if headers is not None else None
 
 
 def _judge(status: int | None, code: str | None, reason: str) -> _Outcome:

@@ -430,7 +430,8 @@ def _error_code(exc: ClientError) -> str:
 def _not_found_or_same(exc: ClientError, uri: str) -> Exception:
     if _error_code(exc) in _NOT_FOUND_CODES:
         return FileNotFoundError(f"no object at {uri}")
-    return exc
+    error: Exception = exc
+    return error
 
 
 def _page_entries(page: dict[str, Any]) -> Iterable[dict[str, Any]]:

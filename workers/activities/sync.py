@@ -98,7 +98,9 @@ class SyncActivities:
     def plan_run(self, request: SyncRequest) -> RunPlan:
         connection = load_connection(self.settings, request.connection_id)
         info = activity.info()
-        run_id = info.workflow_run_id or info.workflow_id
+        workflow_id, run_id = info.workflow_id, info.workflow_run_id
+        if workflow_id is None or run_id is None:
+            raise SluiceError("plan_run plans a workflow's run; it ran outside a workflow")
         timing = {
             "heartbeat_timeout_seconds": self.settings.heartbeat_timeout_seconds,
             "job_timeout_hours": self.settings.job_timeout_hours,
@@ -108,7 +110,7 @@ class SyncActivities:
         holder = self.locks.acquire(
             connection.id,
             run_id,
-            workflow_id=info.workflow_id,
+            workflow_id=workflow_id,
             # Airbyte stages into one path per connection: never the sweep's to purge.
             staging_target=plan.staging_target if plan.backend == "local" else None,
         )
@@ -167,6 +169,7 @@ class SyncActivities:
     def run_sync(self, request: RunSyncInput) -> SyncOutcome:
         """Sync, then scrub the attempt's raw log and retain it, on failure too."""
         plan = request.plan
+        assert plan.staging_uri is not None, "a local run always stages"
         structlog.contextvars.bind_contextvars(
             connection=plan.connection_id, run_id=plan.run_id, activity="run_sync"
         )
