@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from azure.storage.blob import BlobServiceClient
 from botocore.client import BaseClient
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from tests.s3_server import DUMMY_CREDENTIALS, REGION, bucket, s3_client, s3_endpoint, seed_objects
-from tests.support.connections import items_connection, protocol_connector
-from tests.support.processes import worker_process
+from tests.support.connections import items_connection, protocol_connector, wait_for_file
+from tests.support.processes import wait_until, worker_process
+from tests.support.relay import HoldingRelay, is_delete_objects
 from tests.support.session import REPO
 from workers.cli import start_sync
 from workers.settings import Settings
@@ -53,8 +54,13 @@ def aws_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[
 
 
 def all_versions(client: BaseClient, bucket_name: str, prefix: str) -> list[str]:
-    listed = client.list_object_versions(Bucket=bucket_name, Prefix=prefix)
-    return [v["Key"] for v in listed.get("Versions", []) + listed.get("DeleteMarkers", [])]
+    """The key of every version and delete marker under the prefix, every page of them."""
+    keys = []
+    for page in client.get_paginator("list_object_versions").paginate(
+        Bucket=bucket_name, Prefix=prefix
+    ):
+        keys += [v["Key"] for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+    return keys
 
 
 async def test_sync_with_staging_and_logs_on_s3(
@@ -133,22 +139,36 @@ async def test_worker_killed_mid_purge_resumes_and_finishes(
     temporal_env: WorkflowEnvironment,
 ) -> None:
     name = bucket("plain")
-    connector = protocol_connector(tmp_path, "source-items", "import time\ntime.sleep(2)\n" + READ)
+    release = tmp_path / "release"
+    # The connector waits for the test to seed the run's staging before it reads.
+    connector = protocol_connector(tmp_path, "source-items", wait_for_file(release) + READ)
     body = items_connection(connector, tmp_path / "w.duckdb").replace(
         "[connections.source]", f'staging = "s3://{name}/staging/"\n[connections.source]'
     )
     settings = make_settings(body, heartbeat_timeout_seconds=3)
-    worker = worker_process(settings, temporal_env, tmp_path / "worker.log", aws_env)
-    try:
-        handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
-        run_id = handle.result_run_id
-        # While the connector runs, the run's staging grows large enough to take a while.
-        extra = seed_objects(name, (f"staging/items/{run_id}/extra/{i:06d}" for i in range(20_000)))
-        await _wait_for_purge_progress(handle, timeout=60)
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
-    assert all_versions(s3_client, name, f"staging/items/{run_id}/extra/")  # not finished
+    # The worker to be killed reaches S3 through a relay that lets its first DeleteObjects
+    # through and holds the others: its purge provably stops at one delete call, whatever the
+    # machine's speed, and nothing it sent after that reaches the bucket.
+    with HoldingRelay(aws_env["AWS_ENDPOINT_URL"], hold=is_delete_objects, allow=1) as relay:
+        worker_env = {**aws_env, "AWS_ENDPOINT_URL": relay.url}
+        worker = worker_process(settings, temporal_env, tmp_path / "worker.log", worker_env)
+        try:
+            handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
+            run_id = handle.result_run_id
+            # The run's staging, larger than one delete call, seeded before the sync reads.
+            extra = seed_objects(
+                name, (f"staging/items/{run_id}/extra/{i:06d}" for i in range(20_000))
+            )
+            release.touch()
+            # The killed attempt reported its progress: the resumed one must count it.
+            progress = await _wait_for_purge_progress(client, handle, timeout=120)
+            await wait_until(lambda: relay.held > 0, timeout=120)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+    remaining = len(all_versions(s3_client, name, f"staging/items/{run_id}/extra/"))
+    assert 0 < remaining < extra  # the purge started and did not finish
+    assert progress == extra - remaining  # its heartbeat counted what its one call deleted
 
     await run_worker(settings)
     summary: SyncSummary = await handle.result()
@@ -158,28 +178,29 @@ async def test_worker_killed_mid_purge_resumes_and_finishes(
     receipt = MetadataStore.from_url(settings.resolved_metadata_url).receipt(
         summary.receipt_id or ""
     )
-    assert receipt is not None and receipt.objects_deleted_before_resume > 0
+    assert receipt is not None and receipt.objects_deleted_before_resume == progress
     # Counted from the interrupted attempt's last heartbeat, plus what the retry deleted.
-    assert extra // 2 < summary.objects_purged <= extra + 10
+    assert extra < summary.objects_purged <= extra + 10
 
 
-async def _purge_progress(handle: Any) -> int:
+async def _purge_progress(client: Client, handle: WorkflowHandle[Any, Any]) -> int:
     """Objects deleted so far, from the purge activity's last heartbeat (0 before it)."""
     description = await handle.describe()
     for pending in description.raw_description.pending_activities:
         if pending.activity_type.name == "purge_staging" and pending.heartbeat_details.payloads:
-            # Heartbeat details are payloads like any other: encrypted.
-            (deleted,) = await handle._client.data_converter.decode(
-                pending.heartbeat_details.payloads
-            )
+            # Heartbeat details are payloads like any other: encrypted with the session's key,
+            # which the test's own client decodes.
+            (deleted,) = await client.data_converter.decode(pending.heartbeat_details.payloads)
             return int(deleted)
     return 0
 
 
-async def _wait_for_purge_progress(handle: Any, timeout: float) -> int:
+async def _wait_for_purge_progress(
+    client: Client, handle: WorkflowHandle[Any, Any], timeout: float
+) -> int:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while (deleted := await _purge_progress(handle)) == 0:
+    while (deleted := await _purge_progress(client, handle)) == 0:
         if loop.time() > deadline:
             raise AssertionError("the purge never reported progress")
         await asyncio.sleep(0.05)
