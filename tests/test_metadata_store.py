@@ -45,10 +45,17 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> MetadataStore:
+def metadata_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty database of each kind the metadata store supports: every test below runs
+    on both."""
     if request.param == "sqlite":
-        return MetadataStore.from_url(f"sqlite:///{tmp_path / 'm.db'}")
-    return MetadataStore.from_url(request.getfixturevalue("postgres_url"))
+        return f"sqlite:///{tmp_path / 'm.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def store(metadata_url: str) -> MetadataStore:
+    return MetadataStore.from_url(metadata_url)
 
 
 def test_receipt_round_trips_and_rewrites_in_place(store: MetadataStore) -> None:
@@ -104,12 +111,12 @@ def test_connection_metadata_and_runs(store: MetadataStore) -> None:
     assert run is not None and run["records_by_stream"] == {"users": 3} and run["incremental"]
 
 
-def test_a_store_from_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = create_engine(url)
+def test_a_store_from_an_older_version_gains_the_new_columns(metadata_url: str) -> None:
+    engine = create_engine(metadata_url)
     with engine.begin() as db:
         db.execute(text("CREATE TABLE runs (run_id VARCHAR(64) PRIMARY KEY, status VARCHAR(32))"))
         db.execute(text("INSERT INTO runs VALUES ('old-run', 'succeeded')"))
-    store = MetadataStore.from_url(url)
+    engine.dispose()
+    store = MetadataStore.from_url(metadata_url)
     run = store.get_run("old-run")
     assert run is not None and run["status"] == "succeeded" and run["staging_target"] is None
