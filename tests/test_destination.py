@@ -1,17 +1,21 @@
 """The DuckDB destination: append, overwrite and append_dedup as Airbyte users expect them, typed
-columns, and state committed with the records it covers."""
+columns, and state committed with the records it covers; and how a connection's destination is
+chosen (open_destination)."""
 
 from __future__ import annotations
 
 import gzip
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import duckdb
 import pytest
 
-from workers.airbyte.destination import DuckDBDestination, StreamTable, duckdb_type
+from workers.connections import Connection, DestinationConfig, SourceConfig, StreamConfig
+from workers.destinations import DESTINATION_TYPES, open_destination
+from workers.destinations.base import RecordsRefusedError, StreamTable, UnknownDestinationError
+from workers.destinations.duckdb import DuckDBDestination, duckdb_type
 
 SCHEMA = {
     "id": {"type": "integer"},
@@ -175,3 +179,61 @@ def test_state_is_committed_with_its_records_or_not_at_all(tmp_path: Path, wareh
         destination.commit({"people": [good]}, {"people": stream}, [state], "r1")
         assert destination.committed_state() == [state]
     assert rows(warehouse, "SELECT count(*) FROM people") == [(1,)]
+
+
+def test_records_duckdb_cannot_read_are_refused_and_nothing_is_kept(
+    tmp_path: Path, warehouse: Path
+) -> None:
+    stream = table("append")
+    state = {"type": "LEGACY", "data": {"people": {"updated_at": "2024-01-01"}}}
+    refused = tmp_path / "refused.gz"
+    with gzip.open(refused, "wb") as out:  # staged by the fast path: emitted_at is checked later
+        out.write(b'{"type":"RECORD","record":{"stream":"people","data":{"id":1},')
+        out.write(b'"emitted_at":"soon"}}\n')
+    with DuckDBDestination(warehouse, "c") as destination:
+        destination.prepare([stream])
+        good = batch(tmp_path / "1.gz", [person(1, "2024-01-01T00:00:00Z")])
+        with pytest.raises(RecordsRefusedError) as failed:
+            destination.commit({"people": [good, refused]}, {"people": stream}, [state], "r1")
+        assert str(failed.value) == "DuckDB refused a batch (ConversionException)"
+        assert isinstance(failed.value.cause, duckdb.ConversionException)
+        assert destination.committed_state() == []
+    assert rows(warehouse, "SELECT count(*) FROM people") == [(0,)]
+
+
+def connection(tmp_path: Path, destination: DestinationConfig) -> Connection:
+    return Connection(
+        id="shop",
+        source=SourceConfig(command=["source-x"]),
+        destination=destination,
+        streams=[StreamConfig(name="people")],
+    )
+
+
+def test_a_duckdb_connection_opens_the_duckdb_destination(tmp_path: Path) -> None:
+    shop = connection(tmp_path, DestinationConfig(type="duckdb", path=tmp_path / "d" / "w.duckdb"))
+    with open_destination(shop) as destination:
+        assert isinstance(destination, DuckDBDestination)
+        assert destination.name == "DuckDB" and destination.committed_state() == []
+    assert (tmp_path / "d" / "w.duckdb").exists()
+
+
+def test_an_unknown_destination_type_is_refused_naming_the_connection(tmp_path: Path) -> None:
+    # The connections file refuses it first; a connection built otherwise is refused here.
+    other = DestinationConfig.model_construct(type="postgres", path=tmp_path / "w")
+    with pytest.raises(UnknownDestinationError) as refused:
+        open_destination(
+            connection(tmp_path, DestinationConfig(path=tmp_path / "w")).model_copy(
+                update={"destination": other}
+            )
+        )
+    assert str(refused.value) == (
+        "connection 'shop': destination.type 'postgres' is not a destination Sluice has "
+        "(it has: duckdb)"
+    )
+    assert refused.value.kind == "InvalidConnection" and not refused.value.retryable
+
+
+def test_the_connections_file_accepts_exactly_the_registered_destination_types() -> None:
+    accepted = get_args(DestinationConfig.model_fields["type"].annotation)
+    assert set(accepted) == set(DESTINATION_TYPES)
