@@ -29,18 +29,19 @@ from temporalio.exceptions import ApplicationError
 
 from purge.stores import LocalStagingStore
 from tests.conftest import protocol_connector, write_connections
-from workers.airbyte.connector import (
-    MAX_RECORD_BYTES,
-    Connector,
+from workers.cli import start_sync
+from workers.connections import Connection, ConnectionsFile, SourceConfig
+from workers.connectors.errors import (
     ConnectorError,
-    ConnectorInstaller,
     ConnectorNotFoundError,
     ConnectorProtocolError,
     ConnectorStalledError,
 )
-from workers.airbyte.local import LocalSync
-from workers.cli import start_sync
-from workers.connections import ConnectionsFile, SourceConfig
+from workers.connectors.executors import ConnectorInstaller
+from workers.connectors.process import Connector
+from workers.connectors.protocol import MAX_RECORD_BYTES
+from workers.destinations import open_destination
+from workers.localsync.engine import LocalSync
 from workers.runlog import RunLog
 from workers.settings import Settings
 from workflows.models import ActivityName, SyncRequest
@@ -118,11 +119,13 @@ class Attempt:
             tmp_path / "connections.toml", connection_toml(command, self.warehouse, mode)
         )
         connection = ConnectionsFile.load(path).get("items")
+        assert isinstance(connection, Connection)
         self.store = store or LocalStagingStore(tmp_path / "staging")
         self.sync = LocalSync(
-            connection=connection,  # type: ignore[arg-type]
+            connection=connection,
             connector=Connector([str(command)], stall_timeout=stall_timeout, stop_grace=2),
             config={},
+            destination=lambda: open_destination(connection),
             store=self.store,
             prefix=PREFIX,
             run_id="run-1",
