@@ -17,9 +17,9 @@ from tests.support.connections import items_connection, protocol_connector, writ
 from tests.support.histories import HISTORIES_DIR, HISTORY_KEYS, save_history
 from tests.support.processes import free_port, wait_until, worker_process
 from tests.support.session import CONNECTORS_DIR, PAYLOAD_KEYS, REPO
-from workers.airbyte.connector import ConnectorInstaller
 from workers.codec import data_converter, parse_keys
 from workers.connections import SourceConfig
+from workers.connectors.executors import ConnectorInstaller
 from workers.devserver import temporal_cli
 from workers.runlog import configure_logging
 from workers.settings import Settings

@@ -29,8 +29,8 @@ from purge.receipts import PurgeReceipt
 from tests.conftest import HISTORY_KEYS, save_history
 from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
 from workers.activities.sync import SyncActivities
-from workers.airbyte.connector import ConnectorInstaller
 from workers.codec import data_converter, parse_keys
+from workers.connectors.executors import ConnectorInstaller
 from workers.errors import ErrorReporting
 from workers.purging import Purger
 from workers.retained_logs import LogRetention

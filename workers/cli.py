@@ -58,7 +58,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from purge.errors import PurgeError
 from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
 from workers.activities.locks import ConnectionLocks
-from workers.airbyte.connector import ConnectorInstaller
 from workers.client import (
     TemporalAddressError,
     TemporalUnreachableError,
@@ -69,6 +68,7 @@ from workers.client import (
 from workers.codec import EncryptionCodec, PayloadKeyError
 from workers.codec_server import serve_codec
 from workers.connections import ConnectionsFile, ConnectionsFileError
+from workers.connectors.executors import ConnectorInstaller
 from workers.devserver import DevServerError, is_listening, server_command, start_in_background
 from workers.errors import SluiceError
 from workers.purging import Purger

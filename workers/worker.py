@@ -14,7 +14,7 @@ from workers.activities.airbyte import AirbyteActivities
 from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
 from workers.activities.sweep import SweepActivities
 from workers.activities.sync import SyncActivities
-from workers.airbyte.connector import ConnectorInstaller
+from workers.connectors.executors import ConnectorInstaller
 from workers.errors import ErrorReporting
 from workers.purging import Purger
 from workers.retained_logs import LogRetention

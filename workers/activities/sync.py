@@ -19,11 +19,6 @@ from purge.receipts import PurgeReceipt
 from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
 from workers.activities.heartbeat import Heartbeater, resume_details
 from workers.activities.locks import ConnectionLocks
-from workers.airbyte.connector import (
-    Connector,
-    ConnectorInstaller,
-)
-from workers.airbyte.local import LocalSync, SyncProgress
 from workers.connections import (
     AirbyteConnection,
     Connection,
@@ -31,12 +26,17 @@ from workers.connections import (
     resolve_source_config,
     secret_values,
 )
+from workers.connectors.executors import ConnectorInstaller
+from workers.connectors.process import Connector
+from workers.destinations import DestinationOptions, open_destination
 from workers.errors import (
     ConnectionBusyError,
     InvalidRequestError,
     SluiceError,
     as_application_error,
 )
+from workers.localsync.engine import LocalSync
+from workers.localsync.results import SyncProgress
 from workers.purging import Purger
 from workers.retained_logs import LogRetention
 from workers.runlog import RunLog
@@ -50,6 +50,7 @@ from workflows.models import (
     RunPlan,
     RunSyncInput,
     ScrubOutcome,
+    StreamOutcome,
     SyncOutcome,
     SyncRequest,
 )
@@ -198,6 +199,10 @@ class SyncActivities:
                     connection=connection,
                     connector=Connector(argv, stall_timeout=self.settings.stall_timeout_seconds),
                     config=config,
+                    destination=lambda: open_destination(
+                        connection,
+                        DestinationOptions(duckdb_memory_limit=self.settings.duckdb_memory_limit),
+                    ),
                     store=self.purger.open(plan.staging_uri),
                     prefix=plan.staging_prefix,
                     run_id=plan.run_id,
@@ -205,12 +210,24 @@ class SyncActivities:
                     heartbeat=heartbeater.update,
                     cancelled=activity.is_cancelled,
                     catalog_cache=self.store,
-                    duckdb_memory_limit=self.settings.duckdb_memory_limit,
                 )
                 declared = [s.name for s in connection.streams]
                 only = None if plan.streams == declared else plan.streams
-                outcome = sync.run(
+                result = sync.run(
                     run_log=run_log, attempt=attempt, reset=request.reset, only=only, resume=resume
+                )
+                outcome = SyncOutcome(
+                    run_id=result.run_id,
+                    streams=[
+                        StreamOutcome(
+                            name=s.name, namespace=s.namespace, records=s.records, columns=s.columns
+                        )
+                        for s in result.streams
+                    ],
+                    bytes_staged=result.bytes_staged,
+                    batches=result.batches,
+                    states_committed=result.states_committed,
+                    incremental=result.incremental,
                 )
             except SluiceError as exc:
                 # Classified where it was raised. ConnectorFailed: a connector's own
