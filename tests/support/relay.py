@@ -60,7 +60,7 @@ class HoldingRelay:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def __enter__(self) -> HoldingRelay:
         self._thread.start()
@@ -124,7 +124,7 @@ class HoldingRelay:
 
             def _read_body(self) -> bytes:
                 if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                    chunks = []
+                    chunks: list[bytes] = []
                     while True:
                         size = int(self.rfile.readline().split(b";", 1)[0].strip(), 16)
                         if size == 0:
