@@ -21,9 +21,9 @@ from workers.codec import data_converter, parse_keys
 from workers.connections import SourceConfig
 from workers.connectors.executors import ConnectorInstaller
 from workers.devserver import temporal_cli
+from workers.metadata import MetadataStore
 from workers.runlog import configure_logging
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 from workers.worker import build_worker
 
 # The helpers live in tests/support/; these names stay importable from here for the modules

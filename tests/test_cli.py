@@ -32,8 +32,8 @@ from tests.support.connections import protocol_connector
 from tests.support.session import REPO
 from workers import cli
 from workers.client import ui_link
+from workers.metadata import MetadataStore
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 from workflows.models import SyncRequest
 from workflows.sync import SyncConnectionWorkflow
 

@@ -24,8 +24,8 @@ from tests.support.processes import wait_until, worker_process
 from tests.support.relay import HoldingRelay, is_delete_objects
 from tests.support.session import REPO
 from workers.cli import start_sync
+from workers.metadata import MetadataStore
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 from workflows.models import SyncRequest, SyncSummary
 
 pytestmark = pytest.mark.temporal

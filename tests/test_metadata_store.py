@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from purge.receipts import PurgeReceipt
-from workers.store.metadata import MetadataStore
+from workers.metadata import MetadataStore
 
 
 def receipt(objects: int) -> PurgeReceipt:

@@ -21,8 +21,8 @@ from temporalio.testing import WorkflowEnvironment
 from tests.support.connections import items_connection, protocol_connector
 from tests.support.processes import wait_until, worker_process
 from workers.cli import start_sync
+from workers.metadata import MetadataStore
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 from workflows.models import SyncRequest
 
 pytestmark = pytest.mark.temporal

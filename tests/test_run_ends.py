@@ -20,8 +20,8 @@ from temporalio.exceptions import ApplicationError
 
 from tests.conftest import protocol_connector, wait_until
 from workers.cli import start_sync
+from workers.metadata import MetadataStore
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 from workflows.models import SyncRequest
 
 pytestmark = pytest.mark.temporal

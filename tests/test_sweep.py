@@ -17,9 +17,9 @@ from tests.support.connections import items_connection, protocol_connector
 from tests.support.processes import wait_until
 from workers.cli import start_sync
 from workers.connections import ConnectionsFile
+from workers.metadata import retained_logs, runs
 from workers.schedules import SWEEP_SCHEDULE_ID, apply_schedules
 from workers.settings import Settings
-from workers.store.metadata import retained_logs, runs
 from workflows.models import SweepRequest, SweepSummary, SyncRequest
 from workflows.sweep import RetentionSweepWorkflow
 

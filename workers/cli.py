@@ -71,11 +71,11 @@ from workers.connections import ConnectionsFile, ConnectionsFileError
 from workers.connectors.executors import ConnectorInstaller
 from workers.devserver import DevServerError, is_listening, server_command, start_in_background
 from workers.errors import SluiceError
+from workers.metadata import MetadataStore
 from workers.purging import Purger
 from workers.runlog import configure_logging
 from workers.schedules import apply_schedules
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 from workers.worker import build_worker
 from workflows.models import SyncRequest, SyncSummary
 from workflows.sync import SyncConnectionWorkflow

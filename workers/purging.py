@@ -11,8 +11,8 @@ from purge.receipts import PurgeReceipt
 from purge.stores import StagingStore, StoreOptions, open_store
 from purge.targets import PurgeTarget, parse_target
 from workers.connections import ConnectionsFile
+from workers.metadata import MetadataStore
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 
 
 def store_options(settings: Settings) -> StoreOptions:

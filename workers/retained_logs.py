@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from purge.scrub import LogScrubber
 from purge.stores import StagingStore
-from workers.store.metadata import MetadataStore
+from workers.metadata import MetadataStore
 from workflows.models import ScrubOutcome
 
 

@@ -16,10 +16,10 @@ from workers.activities.sweep import SweepActivities
 from workers.activities.sync import SyncActivities
 from workers.connectors.executors import ConnectorInstaller
 from workers.errors import ErrorReporting
+from workers.metadata import MetadataStore
 from workers.purging import Purger
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 from workflows.sweep import RetentionSweepWorkflow
 from workflows.sync import SyncConnectionWorkflow
 

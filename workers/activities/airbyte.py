@@ -29,9 +29,9 @@ from workers.airbyte.api import (
 )
 from workers.connections import AirbyteConnection
 from workers.errors import SluiceError, as_application_error
+from workers.metadata import MetadataStore
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 from workflows.models import (
     ActivityName,
     AirbyteJobInput,

@@ -19,7 +19,7 @@ import structlog
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from workers.store.metadata import MetadataStore
+from workers.metadata import MetadataStore
 
 log = structlog.get_logger(__name__)
 

@@ -12,10 +12,10 @@ from purge.targets import TargetRefusedError
 from workers.activities.heartbeat import Heartbeater
 from workers.activities.locks import ConnectionLocks
 from workers.connections import ConnectionsFile, ConnectionsFileError
+from workers.metadata import MetadataStore
 from workers.purging import Purger
 from workers.retained_logs import run_prefix
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 from workflows.models import ActivityName, SweepOutcome, SweepRequest
 
 log = structlog.get_logger(__name__)

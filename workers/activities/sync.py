@@ -37,11 +37,11 @@ from workers.errors import (
 )
 from workers.localsync.engine import LocalSync
 from workers.localsync.results import SyncProgress
+from workers.metadata import MetadataStore
 from workers.purging import Purger
 from workers.retained_logs import LogRetention
 from workers.runlog import RunLog
 from workers.settings import Settings
-from workers.store.metadata import MetadataStore
 from workflows.models import (
     ActivityName,
     PurgeInput,
