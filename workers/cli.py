@@ -67,7 +67,7 @@ from workers.client import (
 )
 from workers.codec import EncryptionCodec, PayloadKeyError
 from workers.codec_server import serve_codec
-from workers.connections import ConnectionsFile, ConnectionsFileError
+from workers.connections import Connection, ConnectionsFile, ConnectionsFileError
 from workers.connectors.executors import ConnectorInstaller
 from workers.devserver import DevServerError, is_listening, server_command, start_in_background
 from workers.errors import SluiceError
@@ -347,7 +347,6 @@ async def start_sync(
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         execution_timeout=timedelta(days=2),
-        result_type=SyncSummary,
     )
 
 
@@ -477,6 +476,10 @@ async def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     connections = ConnectionsFile.load(settings.connections_file)
     connection = connections.get(args.connection)
+    if not isinstance(connection, Connection):
+        raise CliError(
+            f"connection {args.connection!r} runs in Airbyte; the demo runs a local connection"
+        )
     installer = ConnectorInstaller(settings.connectors_dir)
     with console.status(
         Text(f"installing connector {connection.source.package or connection.source.command[0]}")
