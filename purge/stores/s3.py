@@ -3,7 +3,10 @@
 "Deleted" is easy to fake on S3, and this store is written so that it is not:
 
 - Listing goes through ListObjectVersions, so every version and every delete marker is seen,
-  not only the latest version of each key.
+  not only the latest version of each key. Only a bucket that never had versioning is listed
+  with ListObjectsV2, which sees the same objects there (each key has one, "null", version and
+  no delete marker can exist) and costs less: the status is read at every listing, and since a
+  bucket can never go back to "never versioned", a listing that reads it is complete.
 - Deleting sends the version id of each version (and "null" for the null version of a bucket
   that has or had versioning), so a delete removes bytes instead of adding a delete marker.
 - DeleteObjects answers HTTP 200 even when some keys failed: every entry of its `Errors` list
@@ -241,30 +244,51 @@ class S3StagingStore(StagingStore):
     def list(self, prefix: str) -> Iterator[StoredObject]:
         """Every version and delete marker under the prefix, in (key, version id) order.
 
-        S3 lists keys in UTF-8 byte order (which is code point order), but each key's versions
-        newest first, with delete markers in a separate list of the page. Each key's entries
-        are gathered, across pages if need be, and sorted before they are yielded, so memory
-        is bounded by one page plus the versions of one key.
+        The bucket's versioning status is read first, at every listing (so the deletes that
+        follow know whether "null" versions exist, and the verification listing after them
+        reads it anew). A bucket that never had versioning ("none") holds one version per key
+        and no delete marker, so ListObjectsV2 lists all of it; any other status, unreadable
+        included, is listed with ListObjectVersions.
         """
         full_prefix = self.base_prefix + normalize_prefix(prefix)
-        # Read at every listing, so deletes that follow it know whether "null" versions exist.
-        self._read_versioning()
-        paginator = self._client.get_paginator("list_object_versions")
+        if self._read_versioning() == "none":
+            yield from self._list_objects(full_prefix)
+        else:
+            yield from self._list_versions(full_prefix)
+
+    def _pages(self, operation: str, full_prefix: str) -> Iterable[dict[str, Any]]:
         # 1000 is S3's default and maximum page; said explicitly because emulators differ
         # (moto defaults to 100).
-        pages = paginator.paginate(
+        pages: Iterable[dict[str, Any]] = self._client.get_paginator(operation).paginate(
             Bucket=self.bucket, Prefix=full_prefix, PaginationConfig={"PageSize": 1000}
         )
+        return pages
+
+    def _relative(self, full_key: str, full_prefix: str) -> str:
+        if not full_key.startswith(full_prefix):
+            raise RuntimeError(
+                f"S3 listed {full_key!r} for prefix {full_prefix!r} in {self.bucket!r}"
+            )
+        return full_key[len(self.base_prefix) :]
+
+    def _list_objects(self, full_prefix: str) -> Iterator[StoredObject]:
+        """A never-versioned bucket: every object, in key (UTF-8 byte) order, as S3 lists it."""
+        for page in self._pages("list_objects_v2", full_prefix):
+            for entry in page.get("Contents", []):
+                yield StoredObject(
+                    key=self._relative(entry["Key"], full_prefix), size=int(entry.get("Size", 0))
+                )
+
+    def _list_versions(self, full_prefix: str) -> Iterator[StoredObject]:
+        """S3 lists keys in UTF-8 byte order (which is code point order), but each key's
+        versions newest first, with delete markers in a separate list of the page. Each key's
+        entries are gathered, across pages if need be, and sorted before they are yielded, so
+        memory is bounded by one page plus the versions of one key."""
         current_key: str | None = None
         versions: dict[str, StoredObject] = {}
-        for page in pages:
+        for page in self._pages("list_object_versions", full_prefix):
             for entry in _page_entries(page):
-                full_key = entry["Key"]
-                if not full_key.startswith(full_prefix):
-                    raise RuntimeError(
-                        f"S3 listed {full_key!r} for prefix {full_prefix!r} in {self.bucket!r}"
-                    )
-                key = full_key[len(self.base_prefix) :]
+                key = self._relative(entry["Key"], full_prefix)
                 if key != current_key:
                     yield from _sorted_versions(versions)
                     versions = {}
