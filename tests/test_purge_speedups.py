@@ -3,22 +3,27 @@
 A bucket that never had versioning is listed with ListObjectsV2 (cheaper than ListObjectVersions,
 and the same objects there); any other status, unreadable included, still lists every version
 and delete marker. The verification listing reads the status again, so versioning turned on in
-the middle of a purge is caught, not hidden. None of these tests measures time.
+the middle of a purge is caught, not hidden. Listing timestamps are parsed without dateutil, to
+the same instant. None of these tests measures time.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+import botocore.utils
 import pytest
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.client import BaseClient
 
 from purge.pipeline import purge_prefix
-from purge.stores.s3 import S3StagingStore
+from purge.stores.s3 import S3StagingStore, _parse_timestamp
 from tests.s3_server import (
+    DUMMY_CREDENTIALS,
+    REGION,
     bucket,
     error_response,
     make_client,
@@ -180,3 +185,40 @@ def test_versioning_turned_on_during_the_purge_is_caught(
     assert receipt.remaining == len(left)
     assert receipt.objects_failed == len(keys)
     assert all("delete marker" in failure for failure in receipt.failures)
+
+
+def test_the_default_client_parses_listing_timestamps_to_the_same_instant(
+    s3_endpoint: str, s3_client: BaseClient, bucket: MakeBucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = bucket("plain")
+    s3_client.put_object(Bucket=name, Key="r/a", Body=b"1")
+    for variable, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS["aws_secret_access_key"],
+        "AWS_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    store = S3StagingStore(name)
+
+    ours = store._client.list_objects_v2(Bucket=name)["Contents"][0]["LastModified"]
+    botocores = s3_client.list_objects_v2(Bucket=name)["Contents"][0]["LastModified"]
+    assert isinstance(ours, datetime) and ours.tzinfo is not None
+    assert ours == botocores
+    head = store._client.head_object(Bucket=name, Key="r/a")["LastModified"]  # an HTTP date
+    assert head == s3_client.head_object(Bucket=name, Key="r/a")["LastModified"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-30T07:39:02.000Z",
+        "2026-11-30T07:39:02Z",
+        "2026-11-30T07:39:02.123456+02:00",
+        "Mon, 30 Nov 2026 07:39:02 GMT",
+        "1700000000",
+    ],
+)
+def test_timestamps_parse_as_botocore_parses_them(text: str) -> None:
+    assert _parse_timestamp(text) == botocore.utils.parse_timestamp(text)

@@ -21,10 +21,13 @@ import heapq
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
 import boto3
+import botocore.session
+import botocore.utils
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -109,7 +112,11 @@ class S3StagingStore(StagingStore):
         self.base_prefix = "" if base_prefix in ("", "/") else normalize_prefix(base_prefix)
         self.uri = f"s3://{bucket}/{self.base_prefix}"
         if client is None:
-            session = boto3.session.Session()
+            core = botocore.session.get_session()
+            core.get_component("response_parser_factory").set_parser_defaults(
+                timestamp_parser=_parse_timestamp
+            )
+            session = boto3.session.Session(botocore_session=core)
             self._client: BaseClient = session.client("s3")
             self._delete_client: BaseClient = session.client(
                 "s3",
@@ -437,6 +444,25 @@ def _request_failed(chunk: Sequence[StoredObject], exc: ClientError, result: Del
         result.throttled |= code in _THROTTLE_CODES or status in (429, 503)
     else:
         result.failed.extend((obj, reason) for obj in chunk)
+
+
+def _parse_timestamp(value: Any) -> datetime:
+    """S3's ISO 8601 timestamps ("2026-11-30T07:39:02.000Z") without dateutil.
+
+    botocore parses the LastModified of every listed object with dateutil, a quarter of the
+    client's CPU in a purge; `datetime.fromisoformat` reads the same text in a fiftieth of the
+    time, to the same instant. Anything else (an HTTP date in a header) goes to botocore.
+    """
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed
+    timestamp: datetime = botocore.utils.parse_timestamp(value)
+    return timestamp
 
 
 def _reason(code: str, message: str | None) -> str:
