@@ -229,13 +229,13 @@ class Connector:
                 ) from None
             assert process.stdout is not None and process.stderr is not None
             watch = _Watch(process, self.stall_timeout, self.stop_grace)
-            stdout = io.BufferedReader(_WatchedPipe(process.stdout, watch), 1 << 16)
+            stdout = io.BufferedReader(_WatchedPipe(_raw(process.stdout), watch), 1 << 16)
             with self._lock:
                 self._running.add(watch)
             stderr_tail: list[str] = []
             reader = threading.Thread(
                 target=_drain_stderr,
-                args=(process.stderr, watch, stderr_tail, on_stderr),
+                args=(_raw(process.stderr), watch, stderr_tail, on_stderr),
                 daemon=True,
             )
             reader.start()
@@ -309,7 +309,7 @@ class _Watch:
             with contextlib.suppress(ProcessLookupError):
                 self.process.terminate()
 
-    def close_pipe(self, stdout: io.BufferedReader) -> None:
+    def close_pipe(self, stdout: io.BufferedIOBase) -> None:
         with self._pipe_lock:
             self._pipe_fd = None
             stdout.close()
@@ -385,19 +385,26 @@ def _die_with_parent() -> None:
 
 _PR_SET_PDEATHSIG = 1
 # Looked up once in the parent: nothing may be loaded between fork and exec.
+_prctl: Callable[..., int] | None
 try:
     _prctl = ctypes.CDLL(None).prctl
 except (OSError, AttributeError):
     _prctl = None
 
 
+def _raw(pipe: IO[bytes]) -> io.RawIOBase:
+    """A pipe of a process started with bufsize=0: Popen hands it over as a raw FileIO."""
+    assert isinstance(pipe, io.RawIOBase)
+    return pipe
+
+
 def _drain_stderr(
-    stderr: IO[bytes],
+    stderr: io.RawIOBase,
     watch: _Watch,
     tail: list[str],
     on_stderr: Callable[[str], None] | None,
 ) -> None:
-    for raw in io.BufferedReader(stderr):  # type: ignore[arg-type]
+    for raw in io.BufferedReader(stderr):
         watch.last_output = time.monotonic()
         line = raw.decode("utf-8", errors="replace").rstrip("\n")
         tail.append(line)
