@@ -4,7 +4,8 @@ A bucket that never had versioning is listed with ListObjectsV2 (cheaper than Li
 and the same objects there); any other status, unreadable included, still lists every version
 and delete marker. The verification listing reads the status again, so versioning turned on in
 the middle of a purge is caught, not hidden. Listing timestamps are parsed without dateutil, to
-the same instant. None of these tests measures time.
+the same instant. The purge service keeps the remote stores it opened, and purges with them
+again. None of these tests measures time.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import botocore.utils
@@ -31,6 +33,8 @@ from tests.s3_server import (
     s3_endpoint,
     seed_objects,
 )
+from workers.purging import Purger
+from workers.settings import Settings
 
 __all__ = ["bucket", "s3_client", "s3_endpoint"]  # fixtures, imported for pytest
 
@@ -222,3 +226,32 @@ def test_the_default_client_parses_listing_timestamps_to_the_same_instant(
 )
 def test_timestamps_parse_as_botocore_parses_them(text: str) -> None:
     assert _parse_timestamp(text) == botocore.utils.parse_timestamp(text)
+
+
+def test_the_purger_keeps_remote_stores_and_purges_with_them_again(
+    s3_endpoint: str,
+    s3_client: BaseClient,
+    bucket: MakeBucket,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    for variable, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS["aws_secret_access_key"],
+        "AWS_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    name = bucket("plain")
+    root = f"s3://{name}/staging/"
+    purger = Purger(Settings(state_dir=tmp_path / "state"))
+
+    assert purger.open(root) is purger.open(root)
+    local = (tmp_path / "local").as_uri() + "/"
+    assert purger.open(local) is not purger.open(local)  # a local store is opened anew
+    for run in ("run-1", "run-2"):
+        seed_objects(name, [f"staging/{run}/part-{i}" for i in range(3)])
+        receipt = purger.purge(purger.target(f"{root}{run}/", [root]), receipt_id=run)
+        assert receipt.verified_empty and receipt.objects_deleted == 3
+    assert all_versions(s3_client, name) == []
