@@ -28,7 +28,7 @@ from temporalio.exceptions import (
 )
 from temporalio.testing import WorkflowEnvironment
 
-from tests.support.connections import protocol_connector
+from tests.support.connections import items_connection, protocol_connector
 from tests.support.session import REPO
 from workers import cli
 from workers.client import ui_link
@@ -55,21 +55,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])  # closed again when the socket is
-
-
-def connection_toml(connection_id: str, command: str, warehouse: Path) -> str:
-    return f"""
-        [[connections]]
-        id = "{connection_id}"
-        [connections.source]
-        command = ["{command}"]
-        [connections.destination]
-        path = "{warehouse}"
-        [[connections.streams]]
-        name = "items"
-        sync_mode = "incremental"
-        destination_mode = "append"
-    """
 
 
 def plain_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -142,9 +127,7 @@ def unique(prefix: str) -> str:
 
 
 def test_unreachable_temporal_is_one_line_exit_5_and_quick(tmp_path: Path) -> None:
-    (tmp_path / "connections.toml").write_text(
-        connection_toml("items", "/bin/true", tmp_path / "w.duckdb")
-    )
+    (tmp_path / "connections.toml").write_text(items_connection("/bin/true", tmp_path / "w.duckdb"))
     address = f"127.0.0.1:{closed_port()}"
     env = plain_env(tmp_path, SLUICE_TEMPORAL_ADDRESS=address)
     for args in (["sync", "items"], ["schedules", "apply"]):
@@ -231,9 +214,7 @@ def test_symlinked_purge_prefix_is_refused_in_one_line(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_and_settings_exit_2_without_printing_values(tmp_path: Path) -> None:
-    (tmp_path / "connections.toml").write_text(
-        connection_toml("items", "/bin/true", tmp_path / "w.duckdb")
-    )
+    (tmp_path / "connections.toml").write_text(items_connection("/bin/true", tmp_path / "w.duckdb"))
     assert sluice([], plain_env(tmp_path)).returncode == cli.EXIT_REFUSED
     assert sluice(["sync"], plain_env(tmp_path)).returncode == cli.EXIT_REFUSED
     assert sluice(["purge"], plain_env(tmp_path)).returncode == cli.EXIT_REFUSED
@@ -343,8 +324,8 @@ async def test_sync_wait_prints_the_root_cause_and_its_exit_code(
 ) -> None:
     busy_id, missing_id = unique("busy"), unique("missing")
     settings = make_settings(
-        connection_toml(busy_id, "/bin/true", tmp_path / "w.duckdb")
-        + connection_toml(missing_id, "/nonexistent/source-x", tmp_path / "w.duckdb")
+        items_connection("/bin/true", tmp_path / "w.duckdb", connection_id=busy_id)
+        + items_connection("/nonexistent/source-x", tmp_path / "w.duckdb", connection_id=missing_id)
     )
     sluice_worker = await run_worker(settings)
     env = settings_env(settings, temporal_env)
@@ -382,7 +363,9 @@ async def test_sync_wait_exits_3_when_the_run_is_cancelled_or_terminated(
 ) -> None:
     slow = protocol_connector(tmp_path, "slow-source", "import time\ntime.sleep(120)\n")
     connection_id = unique("slow")
-    settings = make_settings(connection_toml(connection_id, str(slow), tmp_path / "w.duckdb"))
+    settings = make_settings(
+        items_connection(str(slow), tmp_path / "w.duckdb", connection_id=connection_id)
+    )
     await run_worker(settings)
     env = settings_env(settings, temporal_env)
     handle = client.get_workflow_handle(f"sync-{connection_id}")
@@ -424,7 +407,9 @@ async def test_printed_links_use_the_configured_ui(
     make_settings: Callable[..., Settings], client: Client, temporal_env: WorkflowEnvironment
 ) -> None:
     connection_id = unique("link")
-    settings = make_settings(connection_toml(connection_id, "/bin/true", Path("w.duckdb")))
+    settings = make_settings(
+        items_connection("/bin/true", Path("w.duckdb"), connection_id=connection_id)
+    )
     # No worker polls this queue: the run stays pending, which is all a link needs.
     env = settings_env(
         settings, temporal_env, SLUICE_TEMPORAL_UI_URL="https://temporal.example.com/ui/"
@@ -457,7 +442,9 @@ async def test_unlock_refuses_while_the_run_goes_on_and_releases_a_stale_lock(
     make_settings: Callable[..., Settings], client: Client, temporal_env: WorkflowEnvironment
 ) -> None:
     connection_id = unique("locked")
-    settings = make_settings(connection_toml(connection_id, "/bin/true", Path("w.duckdb")))
+    settings = make_settings(
+        items_connection("/bin/true", Path("w.duckdb"), connection_id=connection_id)
+    )
     store = MetadataStore.from_url(settings.resolved_metadata_url)
     env = settings_env(settings, temporal_env)
 

@@ -28,7 +28,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from purge.stores import LocalStagingStore
-from tests.conftest import protocol_connector, write_connections
+from tests.support.connections import items_connection, protocol_connector, write_connections
 from workers.cli import start_sync
 from workers.connections import Connection, ConnectionsFile, SourceConfig
 from workers.connectors.errors import (
@@ -84,22 +84,6 @@ def compact(message: dict[str, Any]) -> bytes:
 # -- running ----------------------------------------------------------------------------------
 
 
-def connection_toml(command: Path | str, warehouse: Path, mode: str = "append") -> str:
-    sync_mode = "full_refresh" if mode == "overwrite" else "incremental"
-    return f"""
-        [[connections]]
-        id = "items"
-        [connections.source]
-        command = ["{command}"]
-        [connections.destination]
-        path = "{warehouse}"
-        [[connections.streams]]
-        name = "items"
-        sync_mode = "{sync_mode}"
-        destination_mode = "{mode}"
-    """
-
-
 class Attempt:
     """One attempt of LocalSync on real parts, and what a user checks afterwards."""
 
@@ -116,7 +100,7 @@ class Attempt:
     ) -> None:
         self.warehouse = warehouse or tmp_path / "warehouse.duckdb"
         path = write_connections(
-            tmp_path / "connections.toml", connection_toml(command, self.warehouse, mode)
+            tmp_path / "connections.toml", items_connection(command, self.warehouse, mode=mode)
         )
         connection = ConnectionsFile.load(path).get("items")
         assert isinstance(connection, Connection)
@@ -684,7 +668,7 @@ def test_duckdb_disk_full_reports_the_io_error_not_the_rollback(
 def items_settings(
     make_settings: Callable[..., Settings], command: Path, warehouse: Path, **overrides: Any
 ) -> Settings:
-    return make_settings(connection_toml(command, warehouse), **overrides)
+    return make_settings(items_connection(command, warehouse), **overrides)
 
 
 async def run_sync_failure(

@@ -18,28 +18,14 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from tests.conftest import protocol_connector, wait_until
+from tests.support.connections import items_connection, protocol_connector
+from tests.support.processes import wait_until
 from workers.cli import start_sync
 from workers.metadata import MetadataStore
 from workers.settings import Settings
 from workflows.models import SyncRequest
 
 pytestmark = pytest.mark.temporal
-
-
-def connection(command: Path, warehouse: Path) -> str:
-    return f"""
-        [[connections]]
-        id = "items"
-        [connections.source]
-        command = ["{command}"]
-        [connections.destination]
-        path = "{warehouse}"
-        [[connections.streams]]
-        name = "items"
-        sync_mode = "incremental"
-        destination_mode = "append"
-    """
 
 
 def gated_connector(tmp_path: Path) -> Path:
@@ -73,7 +59,7 @@ async def test_a_connections_file_broken_mid_run_does_not_stop_the_purge(
     tmp_path: Path, make_settings: Callable[..., Settings], run_worker: Any, client: Client
 ) -> None:
     warehouse = tmp_path / "w.duckdb"
-    settings = make_settings(connection(gated_connector(tmp_path), warehouse))
+    settings = make_settings(items_connection(gated_connector(tmp_path), warehouse))
     await run_worker(settings)
     handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
     await wait_until(lambda: (tmp_path / "reading").exists())
@@ -99,7 +85,7 @@ async def test_a_log_store_that_cannot_be_written_is_reported_and_the_run_succee
     warehouse = tmp_path / "w.duckdb"
     logs = tmp_path / "logs"
     settings = make_settings(
-        connection(gated_connector(tmp_path), warehouse), log_store=logs.as_uri() + "/"
+        items_connection(gated_connector(tmp_path), warehouse), log_store=logs.as_uri() + "/"
     )
     (tmp_path / "go").touch()
     await run_worker(settings)
@@ -132,7 +118,7 @@ async def test_a_staging_root_reached_through_a_symlink_is_purged(
     link.symlink_to(real)
     warehouse = tmp_path / "w.duckdb"
     settings = make_settings(
-        connection(gated_connector(tmp_path), warehouse), staging_uri=link.as_uri() + "/"
+        items_connection(gated_connector(tmp_path), warehouse), staging_uri=link.as_uri() + "/"
     )
     (tmp_path / "go").touch()
     await run_worker(settings)
@@ -163,7 +149,9 @@ async def test_a_sync_past_its_deadline_stops_the_connector_and_ends_timed_out(
     )
     warehouse = tmp_path / "w.duckdb"
     settings = make_settings(
-        connection(command, warehouse), job_timeout_hours=4 / 3600, heartbeat_timeout_seconds=2
+        items_connection(command, warehouse),
+        job_timeout_hours=4 / 3600,
+        heartbeat_timeout_seconds=2,
     )
     await run_worker(settings)
     started = time.monotonic()

@@ -12,20 +12,24 @@ def write_connections(path: Path, body: str) -> Path:
     return path
 
 
-def items_connection(command: Path | str, warehouse: Path) -> str:
-    """A connections file with one connection, "items": the source `command` (one incremental
-    stream, "items") into the DuckDB file `warehouse`."""
+def items_connection(
+    command: Path | str, warehouse: Path, *, connection_id: str = "items", mode: str = "append"
+) -> str:
+    """A connections file with one connection (`connection_id`, default "items"): the source
+    `command`, one stream "items" (incremental; full refresh for `mode` "overwrite") loaded
+    into the DuckDB file `warehouse` with destination mode `mode`."""
+    sync_mode = "full_refresh" if mode == "overwrite" else "incremental"
     return f"""
         [[connections]]
-        id = "items"
+        id = "{connection_id}"
         [connections.source]
         command = ["{command}"]
         [connections.destination]
         path = "{warehouse}"
         [[connections.streams]]
         name = "items"
-        sync_mode = "incremental"
-        destination_mode = "append"
+        sync_mode = "{sync_mode}"
+        destination_mode = "{mode}"
     """
 
 
