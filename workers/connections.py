@@ -8,9 +8,11 @@ connection names the secrets to scrub from its job's logs the same way, in ``[co
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -26,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from workers.errors import SluiceError
 
@@ -131,8 +134,72 @@ class StreamConfig(_Strict):
 
 
 class DestinationConfig(_Strict):
-    type: Literal["duckdb"] = "duckdb"
-    path: Path
+    """Where a local connection loads: a DuckDB file (``path``), or a schema of a PostgreSQL
+    database (``dsn_env``: the environment variable that holds the DSN, password included;
+    ``schema``: default the connection's id)."""
+
+    type: Literal["duckdb", "postgres"] = "duckdb"
+    path: Path | None = Field(default=None, description="duckdb: the database file")
+    dsn_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="postgres: environment variable holding the DSN (libpq key=value or URL)",
+    )
+    db_schema: str | None = Field(
+        default=None,
+        alias="schema",
+        min_length=1,
+        description="postgres: the schema of the connection's tables (default: its id)",
+    )
+
+    @model_validator(mode="after")
+    def _settings_of_the_type(self) -> DestinationConfig:
+        own = {"duckdb": ("path",), "postgres": ("dsn_env", "schema")}[self.type]
+        given = {
+            "path": self.path is not None,
+            "dsn_env": self.dsn_env is not None,
+            "schema": self.db_schema is not None,
+        }
+        others = [name for name, set_ in given.items() if set_ and name not in own]
+        if others:
+            raise PydanticCustomError(
+                "destination_setting",
+                f"{', '.join(others)}: not a setting of a {self.type} destination",
+            )
+        required = own[0]
+        if not given[required]:
+            raise PydanticCustomError(
+                "destination_setting", f"{required}: a {self.type} destination needs it"
+            )
+        return self
+
+    def secrets(self, environ: Mapping[str, str]) -> list[str]:
+        """The destination's secret values, for the scrubber: a PostgreSQL DSN's password (as
+        written and decoded), or the whole DSN when it cannot be parsed; ``PGPASSWORD`` when
+        the DSN has no password (libpq then uses it)."""
+        if self.type != "postgres" or self.dsn_env is None:
+            return []
+        dsn = environ.get(self.dsn_env)
+        if not dsn:
+            return []
+        from urllib.parse import urlsplit
+
+        from psycopg import Error
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            password = conninfo_to_dict(dsn).get("password")
+        except Error:
+            return [dsn]
+        found = [str(password)] if password else []
+        if "://" in dsn:
+            with contextlib.suppress(ValueError):
+                written = urlsplit(dsn).password
+                if written and written not in found:
+                    found.append(written)
+        if not found and environ.get("PGPASSWORD"):
+            found.append(environ["PGPASSWORD"])
+        return found
 
 
 class _ConnectionBase(_Strict):
@@ -315,8 +382,12 @@ def resolve_source_config(connection: Connection, environ: Mapping[str, str]) ->
     return config
 
 
-def secret_values(connection: Connection, config: Mapping[str, Any]) -> list[str]:
-    """Values to scrub as secrets: declared secrets plus fields with well-known secret names."""
+def secret_values(
+    connection: Connection, config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Values to scrub as secrets: declared secrets plus fields with well-known secret names,
+    and the destination's (a PostgreSQL DSN's password, read from ``environ``: by default the
+    worker's environment, where the destination reads it)."""
     found: list[str] = []
 
     def walk(node: Any, path: str) -> None:
@@ -332,6 +403,7 @@ def secret_values(connection: Connection, config: Mapping[str, Any]) -> list[str
                 found.append(node)
 
     walk(config, "")
+    found += connection.destination.secrets(os.environ if environ is None else environ)
     return found
 
 
