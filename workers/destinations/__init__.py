@@ -1,16 +1,18 @@
 """Destinations: where a local connection's records and committed state go.
 
 ``base.py`` says what a destination does for the sync engine (the ``Destination`` protocol, the
-``StreamTable`` a stream lands in, the errors); each destination is one module (``duckdb.py``),
-registered in ``_OPENERS`` below under the ``[connections.destination] type`` that selects it.
+``StreamTable`` a stream lands in, the errors); each destination is one module (``duckdb.py``,
+``postgres.py``), registered in ``_OPENERS`` below under the ``[connections.destination] type``
+that selects it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workers.connections import Connection
+from workers.connections import Connection, MissingSecretError
 from workers.destinations.base import Destination, UnknownDestinationError
 
 
@@ -24,13 +26,29 @@ class DestinationOptions:
 def _duckdb(connection: Connection, options: DestinationOptions) -> Destination:
     from workers.destinations.duckdb import DuckDBDestination
 
-    return DuckDBDestination(
-        connection.destination.path, connection.id, options.duckdb_memory_limit
-    )
+    path = connection.destination.path
+    assert path is not None, "the connections file requires a duckdb destination's path"
+    return DuckDBDestination(path, connection.id, options.duckdb_memory_limit)
+
+
+def _postgres(connection: Connection, options: DestinationOptions) -> Destination:
+    """The DSN comes from the worker's environment (``dsn_env``), never from the file; the
+    scrubber gets its password through ``connections.secret_values``."""
+    from workers.destinations.postgres import PostgresDestination
+
+    variable = connection.destination.dsn_env
+    dsn = os.environ.get(variable) if variable else None
+    if not dsn:
+        raise MissingSecretError(
+            f"connection {connection.id!r}: destination.dsn_env: environment variable "
+            f"{variable} is not set"
+        )
+    return PostgresDestination(dsn, connection.id, connection.destination.db_schema)
 
 
 _OPENERS: dict[str, Callable[[Connection, DestinationOptions], Destination]] = {
     "duckdb": _duckdb,
+    "postgres": _postgres,
 }
 DESTINATION_TYPES = tuple(_OPENERS)
 
