@@ -67,6 +67,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -228,7 +229,7 @@ class PostgresDestination:
         try:
             self._db = psycopg.connect(dsn, autocommit=True, **extra)
         except psycopg.Error as exc:
-            raise self._error(exc, "connecting to", None) from exc
+            raise self._error(exc, "connecting", None) from exc
         try:
             self._set_up()
         except BaseException:
@@ -630,18 +631,18 @@ class PostgresDestination:
     def _check_names(self, streams: Sequence[StreamTable]) -> None:
         """Two streams whose tables would be one, or a stream whose table would be one of
         Sluice's own, are refused."""
-        seen: dict[str, str] = {}
+        seen: dict[str, StreamTable] = {}
         for stream in streams:
             for table in {self._live_name(stream), self._load_name(stream)}:
-                other = seen.setdefault(table, stream.key)
+                other = seen.setdefault(table, stream)
                 if table in INTERNAL_TABLES:
                     clash = "one of Sluice's own"
-                elif other != stream.key:
-                    clash = f"stream {other!r}'s too"
+                elif (other.namespace, other.name) != (stream.namespace, stream.name):
+                    clash = f"{_described(other)}'s too"
                 else:
                     continue
                 raise DestinationConfigError(
-                    f"connection {self.connection_id!r}: stream {stream.key!r} would load into "
+                    f"connection {self.connection_id!r}: {_described(stream)} would load into "
                     f"PostgreSQL table {self._table_name(table)}, which is {clash}"
                 )
 
@@ -686,7 +687,7 @@ class PostgresDestination:
         """The error to raise for a driver error: one of the destination's own when it is one
         of the failures they name, else the driver's (its text may quote values: the activity
         reports its kind only). PostgreSQL's own text goes into the run's log."""
-        state = exc.sqlstate or ""
+        state = exc.sqlstate or (_connect_failure(exc) if doing == "connecting" else "")
         log.warning(
             f"PostgreSQL destination: {doing} {subject or self.server} failed",
             sqlstate=state or None,
@@ -694,7 +695,7 @@ class PostgresDestination:
         )
         where = f"connection {self.connection_id!r}: PostgreSQL destination ({self.server})"
         what = f" {subject}" if subject else ""
-        cause = f"{type(exc).__name__}{', SQLSTATE ' + state if state else ''}"
+        cause = f"{type(exc).__name__}{', SQLSTATE ' + exc.sqlstate if exc.sqlstate else ''}"
         broken = getattr(self, "_db", None) is not None and self._db.broken
         if state.startswith("28"):
             return DestinationLoginError(
@@ -717,11 +718,33 @@ class PostgresDestination:
             or state.startswith(("08", "57P"))
             or (isinstance(exc, psycopg.OperationalError) and not state)
         ):
+            kept = "" if doing == "connecting" else "; what was not committed was rolled back"
             return DestinationUnreachableError(
-                f"{where}: unreachable or lost while {doing}{what}; what was not committed "
-                f"was rolled back ({cause})"
+                f"{where}: unreachable or lost while {doing}{what}{kept} ({cause})"
             )
         return exc
+
+
+# libpq reports a refused connection by its text only (no SQLSTATE): the server's messages, in
+# English (lc_messages), of the failures that retrying cannot mend. Any other failure to
+# connect is taken for an unreachable server, and retried.
+_CONNECT_FAILURES = (
+    (re.compile(r"password authentication failed|authentication failed for user"), "28P01"),
+    (re.compile(r'no pg_hba\.conf entry|role "[^"]*" does not exist'), "28000"),
+    (re.compile(r'database "[^"]*" does not exist'), "3D000"),
+)
+
+
+def _connect_failure(exc: psycopg.Error) -> str:
+    """The SQLSTATE of a refused connection, as far as its text tells (see above)."""
+    text = str(exc)
+    for pattern, state in _CONNECT_FAILURES:
+        if pattern.search(text):
+            return state
+    pgconn = getattr(exc, "pgconn", None)
+    if pgconn is not None and pgconn.needs_password:
+        return "28P01"
+    return ""
 
 
 _TABLE_CHANGED = {
@@ -784,6 +807,11 @@ def _stream_columns(stream: StreamTable) -> list[tuple[str, str, str]]:
             seen.add(column)
             columns.append((prop, column, kind))
     return columns
+
+
+def _described(stream: StreamTable) -> str:
+    namespace = f" (namespace {stream.namespace!r})" if stream.namespace else ""
+    return f"stream {stream.name!r}{namespace}"
 
 
 def _key(prop: str) -> str:
