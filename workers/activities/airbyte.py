@@ -146,24 +146,10 @@ class AirbyteActivities:
                 after = await _optional(client.connection_state(plan.airbyte_connection_id))
         finally:
             beating.cancel()
-        streams = (remote.configurations.streams if remote.configurations else None) or []
         scrubber = LogScrubber(
             cursor_values=state_leaf_values([s for s in (before, after) if s is not None]),
             secrets=self._secrets(connection, client),
-            # Metadata Sluice keeps, never taken for cursor values in free text.
-            keep=sorted(
-                {s.name for s in streams}
-                | {s.namespace for s in streams if s.namespace}
-                | {f for s in streams for key in s.primary_key or [] for f in key}
-            ),
-            cursor_fields=sorted(
-                {
-                    field
-                    for stream in (remote.configurations.streams if remote.configurations else [])
-                    or []
-                    for field in stream.cursor_field or []
-                }
-            ),
+            **_stream_names(remote),
         )
         scrub = None
         if info is not None and before is not None and after is not None:
@@ -171,7 +157,7 @@ class AirbyteActivities:
                 connection_id=plan.connection_id,
                 run_id=plan.run_id,
                 attempt=activity.info().attempt,
-                lines=log_lines(info),
+                read_lines=lambda: log_lines(info),
                 scrubber=scrubber,
             )
         else:
@@ -260,6 +246,20 @@ async def _optional(call: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
     except AirbyteApiError as exc:
         log.warning("airbyte config api unavailable", error=str(exc))
         return None
+
+
+def _stream_names(remote: Any) -> dict[str, list[str]]:
+    """The connection's cursor field names, and the names Sluice keeps as metadata (streams,
+    namespaces, key fields), which the scrubber must never take for cursor values."""
+    streams = (remote.configurations.streams if remote.configurations else None) or []
+    return {
+        "cursor_fields": sorted({f for s in streams for f in s.cursor_field or []}),
+        "keep": sorted(
+            {s.name for s in streams}
+            | {s.namespace for s in streams if s.namespace}
+            | {f for s in streams for key in s.primary_key or [] for f in key}
+        ),
+    }
 
 
 def _stream_records(info: dict[str, Any]) -> list[StreamOutcome]:

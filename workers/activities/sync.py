@@ -7,7 +7,6 @@ wrong and know whether retrying can help; the worker's error interceptor reports
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +35,7 @@ from workers.errors import (
     as_application_error,
 )
 from workers.localsync.engine import LocalSync
-from workers.localsync.results import SyncProgress
+from workers.localsync.results import SyncProgress, SyncResult
 from workers.metadata import MetadataStore
 from workers.purging import Purger
 from workers.retained_logs import LogRetention
@@ -49,7 +48,6 @@ from workflows.models import (
     RetainMetadataInput,
     RunPlan,
     RunSyncInput,
-    ScrubOutcome,
     StreamOutcome,
     SyncOutcome,
     SyncRequest,
@@ -57,8 +55,20 @@ from workflows.models import (
 
 log = structlog.get_logger(__name__)
 
-# Pauses between the tries of writing a retained log (the last one before giving up).
-_RETAIN_PAUSES = (0.5, 2.0, 0.0)
+
+def _outcome(result: SyncResult) -> SyncOutcome:
+    """The engine's result as the Temporal contract says it."""
+    return SyncOutcome(
+        run_id=result.run_id,
+        streams=[
+            StreamOutcome(name=s.name, namespace=s.namespace, records=s.records, columns=s.columns)
+            for s in result.streams
+        ],
+        bytes_staged=result.bytes_staged,
+        batches=result.batches,
+        states_committed=result.states_committed,
+        incremental=result.incremental,
+    )
 
 
 def load_connection(settings: Settings, connection_id: str) -> Connection | AirbyteConnection:
@@ -194,41 +204,13 @@ class SyncActivities:
         outcome: SyncOutcome | None = None
         with RunLog() as run_log, heartbeater.running():
             try:
-                argv = self.installer.argv(connection.source)
-                sync = LocalSync(
-                    connection=connection,
-                    connector=Connector(argv, stall_timeout=self.settings.stall_timeout_seconds),
-                    config=config,
-                    destination=lambda: open_destination(
-                        connection,
-                        DestinationOptions(duckdb_memory_limit=self.settings.duckdb_memory_limit),
-                    ),
-                    store=self.purger.open(plan.staging_uri),
-                    prefix=plan.staging_prefix,
-                    run_id=plan.run_id,
-                    batch_records=self.settings.batch_records,
-                    heartbeat=heartbeater.update,
-                    cancelled=activity.is_cancelled,
-                    catalog_cache=self.store,
-                )
+                sync = self._local_sync(connection, config, plan, heartbeater)
                 declared = [s.name for s in connection.streams]
                 only = None if plan.streams == declared else plan.streams
                 result = sync.run(
                     run_log=run_log, attempt=attempt, reset=request.reset, only=only, resume=resume
                 )
-                outcome = SyncOutcome(
-                    run_id=result.run_id,
-                    streams=[
-                        StreamOutcome(
-                            name=s.name, namespace=s.namespace, records=s.records, columns=s.columns
-                        )
-                        for s in result.streams
-                    ],
-                    bytes_staged=result.bytes_staged,
-                    batches=result.batches,
-                    states_committed=result.states_committed,
-                    incremental=result.incremental,
-                )
+                outcome = _outcome(result)
             except SluiceError as exc:
                 # Classified where it was raised. ConnectorFailed: a connector's own
                 # configuration error, or a cancellation, is final; anything else (an upstream
@@ -251,7 +233,13 @@ class SyncActivities:
             finally:
                 structlog.contextvars.unbind_contextvars("connection", "run_id", "activity")
                 scrubber = self._scrubber(connection, config, sync)
-                scrub = self._retain_log(plan, attempt, run_log, scrubber)
+                scrub = self.log_retention.retain(
+                    connection_id=plan.connection_id,
+                    run_id=plan.run_id,
+                    attempt=attempt,
+                    read_lines=run_log.read,
+                    scrubber=scrubber,
+                )
         if activity.is_cancelled():
             raise CancelledError("sync cancelled; its log was scrubbed and retained")
         if failure is not None:
@@ -266,33 +254,33 @@ class SyncActivities:
         assert outcome is not None
         return outcome.model_copy(update={"scrub": scrub})
 
-    def _retain_log(
-        self, plan: RunPlan, attempt: int, run_log: RunLog, scrubber: LogScrubber
-    ) -> ScrubOutcome:
-        """Scrub and retain the attempt's log, retrying a failed write a few times. A log that
-        cannot be retained is reported in the run, and never turns a committed sync into a
-        failed one."""
-        error: Exception | None = None
-        for pause in _RETAIN_PAUSES:
-            try:
-                return self.log_retention.retain(
-                    connection_id=plan.connection_id,
-                    run_id=plan.run_id,
-                    attempt=attempt,
-                    lines=run_log.read(),
-                    scrubber=scrubber,
-                )
-            except Exception as exc:
-                error = exc
-                log.warning("retained log not written", attempt=attempt, error=type(exc).__name__)
-                time.sleep(pause)
-        assert error is not None
-        # Only the kind: the text of a storage error may quote a path or a line.
-        return ScrubOutcome(
-            redactions=scrubber.counts,
-            lines=0,
-            retain_error=f"{type(error).__name__} writing the scrubbed log (after "
-            f"{len(_RETAIN_PAUSES)} tries)",
+    def _local_sync(
+        self,
+        connection: Connection,
+        config: dict[str, Any],
+        plan: RunPlan,
+        heartbeater: Heartbeater,
+    ) -> LocalSync:
+        """The engine for one attempt, with this worker's connector, destination and store."""
+        assert plan.staging_uri is not None
+        return LocalSync(
+            connection=connection,
+            connector=Connector(
+                self.installer.argv(connection.source),
+                stall_timeout=self.settings.stall_timeout_seconds,
+            ),
+            config=config,
+            destination=lambda: open_destination(
+                connection,
+                DestinationOptions(duckdb_memory_limit=self.settings.duckdb_memory_limit),
+            ),
+            store=self.purger.open(plan.staging_uri),
+            prefix=plan.staging_prefix,
+            run_id=plan.run_id,
+            batch_records=self.settings.batch_records,
+            heartbeat=heartbeater.update,
+            cancelled=activity.is_cancelled,
+            catalog_cache=self.store,
         )
 
     def _scrubber(
