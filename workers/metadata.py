@@ -151,6 +151,10 @@ catalogs = Table(
 )
 
 
+# Any fixed number: the advisory lock that serialises creating the schema across workers.
+_SCHEMA_LOCK = 7_311_431_001
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -167,22 +171,26 @@ def _utc(row: dict[str, Any]) -> dict[str, Any]:
 class MetadataStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)
-        self._add_missing_columns()
+        with engine.begin() as db:
+            if db.dialect.name == "postgresql":
+                # The workers of a fleet start together against one store: one creates or
+                # upgrades the schema while the others wait for it (CREATE TABLE IF NOT EXISTS
+                # alone races on PostgreSQL's catalog).
+                db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            metadata.create_all(db)
+            self._add_missing_columns(db)
 
-    def _add_missing_columns(self) -> None:
+    @staticmethod
+    def _add_missing_columns(db: DBConnection) -> None:
         """Columns added since a store was created are added to it (nullable: old rows have
         no value), so an upgraded worker runs against the store an older one left."""
-        inspector = inspect(self.engine)
-        with self.engine.begin() as db:
-            for table in metadata.sorted_tables:
-                present = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name not in present:
-                        kind = column.type.compile(dialect=self.engine.dialect)
-                        db.execute(
-                            text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-                        )
+        inspector = inspect(db)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=db.dialect)
+                    db.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
     @classmethod
     def from_url(cls, url: str) -> MetadataStore:
