@@ -707,3 +707,54 @@ async def test_a_sync_through_the_workflow_loads_postgres_and_purges_its_staging
     logs = [Path(s.log_uri.removeprefix("file://")).read_text() for s in summaries if s.log_uri]
     assert len(logs) == 2 and all(f"password={RedactionKind.SECRET.marker}" in log for log in logs)
     assert not any(password in log for log in logs)
+
+
+def key_indexes(dsn: str, schema: str) -> list[tuple[str, str]]:
+    with admin(dsn) as db:
+        return list(
+            db.execute(
+                "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = %s "
+                "AND tablename NOT LIKE '\\_sluice\\_%%' ORDER BY 1",
+                [schema],
+            ).fetchall()
+        )
+
+
+def test_an_append_dedup_table_has_one_index_on_its_primary_key(
+    postgres_dsn: str,  # noqa: F811
+    connection_id: str,
+    tmp_path: Path,
+) -> None:
+    with PostgresDestination(postgres_dsn, connection_id) as destination:
+        dedup = people(destination, mode="append_dedup", primary_key=["id"], cursor="name")
+        destination.prepare([dedup], "r1")
+        destination.prepare([dedup], "r2")
+        [(table, index)] = key_indexes(postgres_dsn, connection_id)
+        assert table == "people" and index.endswith(" USING btree (id)")
+        # A reset: the run-scoped table has its own, which the swap brings along.
+        reset = people(
+            destination, mode="append_dedup", primary_key=["id"], replace=True, run_suffix="r3"
+        )
+        destination.prepare([reset], "r3")
+        batch = records(tmp_path / "1.gz", [{"id": 1, "name": "a"}])
+        destination.commit({"people": [batch]}, {"people": reset}, [], "r3", replace=[reset])
+        destination.prepare([dedup], "r4")
+        [(table, index)] = key_indexes(postgres_dsn, connection_id)
+        assert table == "people" and index.endswith(" USING btree (id)")
+        appended = people(destination, name="pets")
+        destination.prepare([appended], "r4")
+        assert [t for t, _ in key_indexes(postgres_dsn, connection_id)] == ["people"]
+
+
+def test_a_primary_key_that_is_not_a_column_is_refused_before_anything_loads(
+    postgres_dsn: str,  # noqa: F811
+    connection_id: str,
+) -> None:
+    with PostgresDestination(postgres_dsn, connection_id) as destination:
+        stream = people(destination, mode="append_dedup", primary_key=["uid"])
+        with pytest.raises(DestinationConfigError) as refused:
+            destination.prepare([stream], "r1")
+        assert str(refused.value) == (
+            f"connection {connection_id!r}: stream 'people': primary key ['uid'] is not a "
+            "column of the stream's schema, so append_dedup cannot keep one row per key"
+        )

@@ -26,7 +26,8 @@ loads into a run-scoped table that replaces the live one in the run's final comm
 ``RENAME``: grants on the old table go with it, and a view that depends on it stops the swap
 with DestinationTableChangedError); ``append_dedup`` keeps one row per primary key, the latest
 cursor winning (NULLs last), then the latest ``_airbyte_extracted_at``, then the record loaded
-last; records whose key has a NULL part are all kept.
+last; records whose key has a NULL part are all kept. An append_dedup table gets an index on its
+primary key (PostgreSQL names it), so that a commit reads only the rows of its batch's keys.
 
 Names. Every identifier is quoted, so reserved words (``select``, ``user``) and odd characters
 (quotes, dots, spaces, ``%``) are names like any other, and case is kept: ``Id`` and ``id`` are
@@ -365,6 +366,8 @@ class PostgresDestination:
                                 f"ALTER TABLE {self._table(table)} "
                                 f"ADD COLUMN {_ident(column)} {kind}"
                             )
+                if stream.mode == "append_dedup" and stream.primary_key:
+                    self._index_key(cur, table, self._key_columns(stream))
 
     def commit(
         self,
@@ -537,15 +540,8 @@ class PostgresDestination:
         """append_dedup: insert the batch's latest record per key (every record whose key has
         a NULL part), then keep one row per key of the batch: the latest cursor (NULLs last),
         then the latest extracted, then the batch's row over an older one."""
-        keys = [_ident(pg_name(k)) for k in stream.primary_key]
+        keys = [_ident(k) for k in self._key_columns(stream)]
         present = {c for _, c, _ in columns}
-        missing = [k for k in stream.primary_key if pg_name(k) not in present]
-        if missing:
-            raise DestinationConfigError(
-                f"connection {self.connection_id!r}: stream {stream.key!r}: primary key "
-                f"{missing} is not a column of the stream's schema, so append_dedup cannot keep "
-                "one row per key"
-            )
         cursor = pg_name(stream.cursor) if stream.cursor else None
         order = [f"{_ident(cursor)} DESC NULLS LAST"] if cursor in present else []
         key_list = ", ".join(keys)
@@ -558,20 +554,53 @@ class PostgresDestination:
             f"OVER (PARTITION BY {key_list} ORDER BY {latest}) AS {_ident(rank)} FROM {typed}) "
             f"AS s WHERE {_ident(rank)} = 1 OR {no_key}"
         )
+        # The batch's rows are told from older ones by their raw ids (a join, which spills to
+        # disk when it must, never a per-row subquery).
+        old = ", ".join(f"o.{k}" for k in keys)
         newest = ", ".join(
             [
-                *order,
-                "_airbyte_extracted_at DESC",
-                f"(_airbyte_raw_id IN (SELECT _airbyte_raw_id FROM {typed})) DESC",
-                "ctid DESC",
+                *(f"o.{o}" for o in order),
+                "o._airbyte_extracted_at DESC",
+                "(n._airbyte_raw_id IS NOT NULL) DESC",
+                "o.ctid DESC",
             ]
         )
         cur.execute(
-            f"DELETE FROM {target} AS t USING (SELECT ctid AS c, row_number() OVER "
-            f"(PARTITION BY {key_list} ORDER BY {newest}) AS rn FROM {target} "
-            f"WHERE ({key_list}) IN (SELECT {key_list} FROM {typed})) AS d "
+            f"DELETE FROM {target} AS t USING (SELECT o.ctid AS c, row_number() OVER "
+            f"(PARTITION BY {old} ORDER BY {newest}) AS rn FROM {target} AS o "
+            f"LEFT JOIN {typed} AS n ON n._airbyte_raw_id = o._airbyte_raw_id "
+            f"WHERE ({old}) IN (SELECT {key_list} FROM {typed})) AS d "
             "WHERE t.ctid = d.c AND d.rn > 1"
         )
+
+    def _key_columns(self, stream: StreamTable) -> list[str]:
+        """The columns of an append_dedup stream's primary key: each must be a column."""
+        present = {column for _, column, _ in _stream_columns(stream)}
+        missing = [k for k in stream.primary_key if pg_name(k) not in present]
+        if missing:
+            raise DestinationConfigError(
+                f"connection {self.connection_id!r}: {_described(stream)}: primary key "
+                f"{missing} is not a column of the stream's schema, so append_dedup cannot keep "
+                "one row per key"
+            )
+        return [pg_name(k) for k in stream.primary_key]
+
+    def _index_key(self, cur: psycopg.Cursor[Any], table: str, keys: list[str]) -> None:
+        """An index on an append_dedup table's primary key (unless one is there), so that a
+        commit finds the rows of its batch's keys without reading the whole table."""
+        cur.execute(
+            "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND i.indexprs IS NULL "
+            "AND i.indpred IS NULL AND ARRAY(SELECT a.attname::text "
+            "FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(num, ord) "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.num "
+            "ORDER BY k.ord) = %s::text[]",
+            [self.schema, table, keys],
+        )
+        if cur.fetchone() is None:
+            columns = ", ".join(_ident(k) for k in keys)
+            cur.execute(f"CREATE INDEX ON {self._table(table)} ({columns})")
 
     def _typed_columns(
         self, cur: psycopg.Cursor[Any], stream: StreamTable, table: str
@@ -752,6 +781,7 @@ _TABLE_CHANGED = {
     "42P01": "a table it loads does not exist (dropped by hand?)",
     "42804": "a column's type was changed by hand",
     "2BP01": "other objects (a view?) depend on the table, so it cannot be replaced",
+    "42P07": "another relation (a view, an index?) has its name",
 }
 
 
