@@ -714,14 +714,23 @@ class PostgresDestination:
 
     def _error(self, exc: psycopg.Error, doing: str, subject: str | None) -> Exception:
         """The error to raise for a driver error: one of the destination's own when it is one
-        of the failures they name, else the driver's (its text may quote values: the activity
-        reports its kind only). PostgreSQL's own text goes into the run's log."""
+        of the failures they name (what PostgreSQL said is logged, into the run's log: its
+        text, unless it may quote values, as a constraint's does), else the driver's own (the
+        activity reports its kind only, and keeps its text in the run's log)."""
         state = exc.sqlstate or (_connect_failure(exc) if doing == "connecting" else "")
-        log.warning(
-            f"PostgreSQL destination: {doing} {subject or self.server} failed",
-            sqlstate=state or None,
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        mapped = self._mapped(exc, state, doing, subject)
+        if mapped is not exc:
+            detail: dict[str, Any] = {"sqlstate": exc.sqlstate}
+            if state.startswith("23"):
+                detail["constraint"] = exc.diag.constraint_name
+            else:
+                detail["error"] = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                f"PostgreSQL destination: {doing} {subject or self.server} failed", **detail
+            )
+        return mapped
+
+    def _mapped(self, exc: psycopg.Error, state: str, doing: str, subject: str | None) -> Exception:
         where = f"connection {self.connection_id!r}: PostgreSQL destination ({self.server})"
         what = f" {subject}" if subject else ""
         cause = f"{type(exc).__name__}{', SQLSTATE ' + exc.sqlstate if exc.sqlstate else ''}"
