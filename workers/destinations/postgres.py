@@ -51,13 +51,16 @@ NULL). A column whose type was changed since it was created is loaded with its c
 that is one Sluice loads (text, varchar, bigint, double precision, boolean, date, timestamp,
 timestamptz, json, jsonb).
 
-Errors (each names the connection and the table or schema; PostgreSQL's own text, which may
-quote values, goes into the run's log only): DestinationUnreachableError (retryable: the server
-cannot be reached, or the connection was lost; what was not committed was rolled back),
-DestinationLoginError (the login was refused), DestinationPermissionError (a privilege is
-missing), DestinationTableChangedError (a table was changed by hand: a column dropped, its type
-changed, the table dropped, a constraint or a dependent view added), DestinationConfigError (no
-such database, a database that is not UTF8, streams whose tables collide).
+Errors (each names the connection and the table or schema, never a value; what PostgreSQL said
+goes into the run's log, but for a constraint's text, which quotes the row):
+DestinationUnreachableError (retryable: the server cannot be reached, or the connection was
+lost; what was not committed was rolled back), DestinationLoginError (the login was refused;
+libpq tells it by the server's message only, so a server whose messages are not in English has
+it reported as unreachable), DestinationPermissionError (a privilege is missing),
+DestinationTableChangedError (a table was changed by hand: a column dropped, its type changed,
+the table dropped, a constraint or a dependent view added), DestinationConfigError (no such
+database, a database that is not UTF8, streams whose tables collide, a primary key that is not a
+column).
 
 The connection needs PostgreSQL 13 or newer (``gen_random_uuid``), a UTF8 database, CONNECT and
 TEMPORARY on it, and CREATE on it unless the schema exists (then USAGE and CREATE on the schema).
