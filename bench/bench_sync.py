@@ -13,6 +13,10 @@ PyAirbyte virtual environment, then calls this file). In one run it measures
 3. PyAirbyte: ``source.read()`` into a DuckDB cache, in its own virtual environment, as a
    subprocess (``bench/pyairbyte_read.py``).
 
+``--destination postgres`` loads Sluice into PostgreSQL instead of DuckDB, and PyAirbyte into
+its PostgresCache: both in a database the bench creates (and drops) on the server of
+``--postgres-dsn`` (default: the local server, user postgres).
+
 For each: wall seconds, records/s, CPU seconds of the process tree and its peak RSS (sampled from
 ``/proc`` every 50 ms), and the CPU that *other* processes burnt meanwhile (a noise gauge: the
 machine has 2 cores). Then Sluice's ratios against its targets, the per-activity breakdown of the
@@ -375,9 +379,15 @@ def bare_read(faker: str, config: Path, catalog: Path, records: int, server: int
 
 
 def pyairbyte_read(
-    python: str, faker: str, config: Path, workdir: Path, server: int | None
+    python: str,
+    faker: str,
+    config: Path,
+    workdir: Path,
+    server: int | None,
+    postgres: dict[str, Any] | None = None,
 ) -> tuple[Run, Run]:
-    """One PyAirbyte run: (the read inside the script, the subprocess as a whole)."""
+    """One PyAirbyte run: (the read inside the script, the subprocess as a whole); into a
+    DuckDB cache, or a PostgresCache with these settings."""
     rundir = Path(tempfile.mkdtemp(prefix="pyairbyte-", dir=workdir))
     out = rundir / "result.json"
     log_path = workdir / "pyairbyte.log"
@@ -402,6 +412,9 @@ def pyairbyte_read(
         "--out",
         str(out),
     ]
+    if postgres is not None:
+        schema = f"pyairbyte_{rundir.name.replace('-', '_')}"
+        argv += ["--postgres", json.dumps({**postgres, "schema_name": schema})]
     with open(log_path, "ab") as log, Meter(server) as meter:
         started = time.perf_counter()
         process = subprocess.Popen(
@@ -446,7 +459,54 @@ def _toml(value: Any) -> str:
     raise TypeError(type(value))
 
 
-def write_connections(path: Path, faker: str, warehouse: Path) -> None:
+@dataclass
+class Target:
+    """Where Sluice loads: a DuckDB file, or a PostgreSQL database of the bench's own."""
+
+    kind: str  # duckdb | postgres
+    warehouse: Path
+    dsn: str = ""
+
+    @property
+    def label(self) -> str:
+        return "PostgreSQL" if self.kind == "postgres" else "DuckDB"
+
+    def pyairbyte_cache(self) -> dict[str, Any] | None:
+        """PostgresCache's settings for the same database, or None (a DuckDB cache)."""
+        if self.kind != "postgres":
+            return None
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(self.dsn)
+        return {
+            "host": params.get("host", "127.0.0.1"),
+            "port": int(params.get("port", 5432)),
+            "username": params.get("user", "postgres"),
+            "password": params.get("password", "unused"),
+            "database": params["dbname"],
+        }
+
+
+PG_DSN_ENV = "SLUICE_BENCH_PG_DSN"
+
+
+@contextlib.contextmanager
+def bench_database(admin_dsn: str) -> Iterator[str]:
+    """A database of the bench's own on the server of ``admin_dsn``, dropped afterwards."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = f"sluice_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(**{**conninfo_to_dict(admin_dsn), "dbname": name})
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as db:
+            db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def write_connections(path: Path, faker: str, target: Target) -> None:
     """One connection, the same data as the bare read: every stream full_refresh + overwrite."""
     body = [
         "[[connections]]",
@@ -458,8 +518,11 @@ def write_connections(path: Path, faker: str, warehouse: Path) -> None:
         f"config = {_toml(FAKER_CONFIG)}",
         "",
         "[connections.destination]",
-        'type = "duckdb"',
-        f"path = {_toml(str(warehouse))}",
+        *(
+            ['type = "postgres"', f"dsn_env = {_toml(PG_DSN_ENV)}"]
+            if target.kind == "postgres"
+            else ['type = "duckdb"', f"path = {_toml(str(target.warehouse))}"]
+        ),
     ]
     for stream in STREAMS:
         body += [
@@ -660,21 +723,27 @@ async def activity_phases(handle: Any) -> dict[str, float]:
     return phases
 
 
-def check_destination(warehouse: Path, expected: Counter[str]) -> tuple[dict[str, int], list[str]]:
-    import duckdb
+def check_destination(target: Target, expected: Counter[str]) -> tuple[dict[str, int], list[str]]:
+    tables_sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = '{}'"
+    counts = {}
+    if target.kind == "postgres":
+        import psycopg
 
-    with duckdb.connect(str(warehouse), read_only=True) as db:
-        tables = [
-            row[0]
-            for row in db.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
-            ).fetchall()
-        ]
-        counts = {}
-        for stream in STREAMS:
-            if stream in tables:
-                row = db.execute(f'SELECT count(*) FROM "{stream}"').fetchone()
-                counts[stream] = int(row[0]) if row else 0
+        with psycopg.connect(target.dsn, autocommit=True) as pg:
+            tables = [r[0] for r in pg.execute(tables_sql.format(CONNECTION_ID)).fetchall()]
+            for stream in STREAMS:
+                if stream in tables:
+                    found = pg.execute(f'SELECT count(*) FROM "{CONNECTION_ID}"."{stream}"')
+                    counts[stream] = int((found.fetchone() or (0,))[0])
+    else:
+        import duckdb
+
+        with duckdb.connect(str(target.warehouse), read_only=True) as db:
+            tables = [row[0] for row in db.execute(tables_sql.format("main")).fetchall()]
+            for stream in STREAMS:
+                if stream in tables:
+                    row = db.execute(f'SELECT count(*) FROM "{stream}"').fetchone()
+                    counts[stream] = int(row[0]) if row else 0
     problems = [
         f"{s}: destination {counts.get(s)} rows, bare read emitted {expected.get(s, 0)}"
         for s in STREAMS
@@ -796,6 +865,15 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
+    if args.destination != "postgres":
+        target = Target("duckdb", workdir / "warehouse.duckdb")
+        return await _bench_into(args, faker, workdir, target)
+    with bench_database(args.postgres_dsn) as dsn:
+        os.environ[PG_DSN_ENV] = dsn  # the worker child reads it
+        return await _bench_into(args, faker, workdir, Target("postgres", workdir, dsn))
+
+
+async def _bench_into(args: argparse.Namespace, faker: str, workdir: Path, target: Target) -> int:
     config = workdir / "config.json"
     config.write_text(json.dumps(FAKER_CONFIG))
     catalog, discover_seconds = discover_catalog(faker, config, workdir)
@@ -817,9 +895,8 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
     if not pyab_python or not Path(pyab_python).exists():
         pyab_error = f"PyAirbyte virtual environment missing ({pyab_python}); run bench/run"
 
-    warehouse = workdir / "warehouse.duckdb"
     connections = workdir / "connections.toml"
-    write_connections(connections, faker, warehouse)
+    write_connections(connections, faker, target)
     profile_dir = workdir / "profile"
     destination_check: dict[str, Any] = {}
     profile_text = ""
@@ -856,7 +933,12 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
                 if pyab_error is None:
                     try:
                         read, whole = pyairbyte_read(
-                            pyab_python, faker, config, workdir, server_pid
+                            pyab_python,
+                            faker,
+                            config,
+                            workdir,
+                            server_pid,
+                            target.pyairbyte_cache(),
                         )
                     except RuntimeError as exc:
                         pyab_error = str(exc)
@@ -868,7 +950,7 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
                             f"(subprocess {whole.seconds:.2f} s)"
                         )
             worker_hwm_mib = _memory_kib(worker.pid)[1] / 1024
-            counts, problems = check_destination(warehouse, expected)
+            counts, problems = check_destination(target, expected)
             destination_check = {"counts": counts, "problems": problems}
         finally:
             worker.stop()
@@ -896,6 +978,7 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
 
     rows = [bare, cold, warm, cached, pyab, pyab_wall]
     notes = {
+        "destination": target.label,
         "worker idle RSS MiB": idle_mib,
         "worker peak RSS MiB (VmHWM)": worker_hwm_mib,
         "batch_records": settings.batch_records,
@@ -919,7 +1002,8 @@ def report(
     print()
     print(
         f"source-faker {json.dumps(FAKER_CONFIG)}; streams {', '.join(STREAMS)} "
-        f"(full_refresh); Sluice batch_records={notes['batch_records']}; {os.cpu_count()} CPUs; "
+        f"(full_refresh); Sluice into {notes['destination']}, "
+        f"batch_records={notes['batch_records']}; {os.cpu_count()} CPUs; "
         f"load average now {_loadavg()}"
     )
     print(
@@ -984,7 +1068,7 @@ def report(
     counts = destination_check.get("counts", {})
     problems = list(destination_check.get("problems", ["destination not checked"]))
     print(f"Counts: the bare read emitted {dict(expected)}")
-    print(f"        Sluice's DuckDB tables hold {counts}")
+    print(f"        Sluice's {notes.get('destination', 'DuckDB')} tables hold {counts}")
     if pyab.runs:
         print(f"        PyAirbyte's cache holds {pyab.runs[0].extra['records']}")
         if pyab.runs[0].extra["records"] != dict(expected):
@@ -1033,6 +1117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile-top", type=int, default=25, help="rows per profile listing")
     parser.add_argument("--profile-out", type=Path, help="keep the .prof files here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work dir")
+    parser.add_argument(
+        "--destination",
+        choices=["duckdb", "postgres"],
+        default="duckdb",
+        help="where Sluice loads (and PyAirbyte caches): DuckDB, or PostgreSQL",
+    )
+    parser.add_argument(
+        "--postgres-dsn",
+        default="host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        help="--destination postgres: a server where the bench may create a database",
+    )
     # The worker child (internal).
     parser.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--state-dir", type=Path, help=argparse.SUPPRESS)

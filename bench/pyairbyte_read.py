@@ -1,4 +1,5 @@
-"""One PyAirbyte read of source-faker into a fresh DuckDB cache; run by bench_sync.py.
+"""One PyAirbyte read of source-faker into a fresh DuckDB cache (or, with ``--postgres``, a fresh
+schema of a PostgreSQL database: PyAirbyte's PostgresCache); run by bench_sync.py.
 
 Runs under the PyAirbyte virtual environment (bench/run creates it), never the project's: the
 `airbyte` package pins its own dependency tree. Writes its timings and per-stream counts as JSON.
@@ -19,13 +20,17 @@ def main() -> int:
     parser.add_argument("--config", required=True, type=Path, help="connector config (JSON)")
     parser.add_argument("--workdir", required=True, type=Path, help="fresh dir for the cache")
     parser.add_argument("--out", required=True, type=Path, help="where to write the result")
+    parser.add_argument(
+        "--postgres",
+        help="JSON of PostgresCache's host, port, username, password, database, schema_name",
+    )
     args = parser.parse_args()
     os.environ.setdefault("AIRBYTE_OFFLINE_MODE", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
     started = time.perf_counter()
     import airbyte as ab
-    from airbyte.caches import DuckDBCache
+    from airbyte.caches import CacheBase, DuckDBCache, PostgresCache
 
     imported = time.perf_counter()
     source = ab.get_source(
@@ -34,9 +39,13 @@ def main() -> int:
         config=json.loads(args.config.read_text()),
     )
     source.select_all_streams()
-    cache = DuckDBCache(
-        db_path=str(args.workdir / "pyairbyte.duckdb"), cache_dir=str(args.workdir / "cache")
-    )
+    cache: CacheBase
+    if args.postgres:
+        cache = PostgresCache(**json.loads(args.postgres), cache_dir=str(args.workdir / "cache"))
+    else:
+        cache = DuckDBCache(
+            db_path=str(args.workdir / "pyairbyte.duckdb"), cache_dir=str(args.workdir / "cache")
+        )
     prepared = time.perf_counter()
     result = source.read(cache=cache, force_full_refresh=True)
     finished = time.perf_counter()
