@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.connections import items_connection, protocol_connector, write_connections
 from tests.support.histories import HISTORIES_DIR, HISTORY_KEYS, save_history
+from tests.support.postgres import POSTGRES, scratch_database
 from tests.support.processes import free_port, wait_until, worker_process
 from tests.support.session import CONNECTORS_DIR, PAYLOAD_KEYS, REPO
 from workers.codec import data_converter, parse_keys
@@ -68,6 +69,13 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest.fixture(scope="module")
+def postgres_dsn() -> Iterator[str]:
+    """A database of the test module's own on the machine's PostgreSQL, dropped afterwards."""
+    with scratch_database("sluice_dest") as name:
+        yield f"{POSTGRES} dbname={name}"
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -29,7 +29,6 @@ from workers.destinations.base import Destination, RecordsRefusedError, StreamTa
 from workers.destinations.duckdb import DuckDBDestination
 from workers.destinations.postgres import PostgresDestination, pg_name
 
-POSTGRES = "host=127.0.0.1 port=5432 user=postgres"
 EMITTED_AT = 1_700_000_000_000
 SCHEMA: dict[str, Any] = {
     "id": {"type": "integer"},
@@ -45,19 +44,6 @@ SCHEMA: dict[str, Any] = {
 
 
 # -- the warehouses -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def postgres_dsn() -> Iterator[str]:
-    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
-    name = f"sluice_dest_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{POSTGRES} dbname={name}"
-    finally:
-        with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def _ident(name: str) -> str:

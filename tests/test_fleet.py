@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from tests.s3_server import DUMMY_CREDENTIALS, REGION, bucket, s3_client, s3_endpoint
+from tests.support.postgres import scratch_database
 from tests.support.processes import wait_until, worker_process
 from workers.cli import start_sync
 from workers.metadata import MetadataStore
@@ -33,7 +33,6 @@ from workflows.models import SyncRequest, SyncSummary
 pytestmark = pytest.mark.temporal
 __all__ = ["bucket", "s3_client", "s3_endpoint"]  # fixtures
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CONNECTIONS = 9
 WORKERS = 3
 
@@ -41,14 +40,8 @@ WORKERS = 3
 @pytest.fixture
 def fleet_database() -> Iterator[str]:
     """A database of this test's own on the machine's PostgreSQL: metadata and destination."""
-    name = f"sluice_fleet_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database("sluice_fleet") as name:
         yield name
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def fleet_connections(faker: str, counts: list[int]) -> str:

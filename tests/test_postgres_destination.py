@@ -27,7 +27,7 @@ from temporalio.client import Client
 
 from purge.scrub import LogScrubber, RedactionKind
 from tests.conftest import REPO, protocol_connector
-from tests.test_destination_contract import POSTGRES, postgres_dsn  # noqa: F401 (a fixture)
+from tests.support.postgres import POSTGRES
 from workers.cli import start_sync
 from workers.connections import (
     Connection,
@@ -156,7 +156,7 @@ def pg_connection(connection_id: str, variable: str, schema: str | None = None) 
 
 
 def test_a_postgres_connection_opens_its_schema_named_after_it_or_as_configured(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -320,7 +320,7 @@ def test_a_database_that_does_not_exist_is_named() -> None:
 
 
 @pytest.fixture
-def role(postgres_dsn: str) -> Iterator[str]:  # noqa: F811
+def role(postgres_dsn: str) -> Iterator[str]:
     """A login role of the test's own, with no privileges but CONNECT (dropped afterwards)."""
     name = f"sluice_loader_{uuid.uuid4().hex[:8]}"
     with admin(postgres_dsn) as db:
@@ -338,7 +338,7 @@ def as_role(dsn: str, role: str) -> str:
 
 
 def test_a_user_that_cannot_create_the_schema_is_told_so(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     role: str,
     connection_id: str,
 ) -> None:
@@ -350,7 +350,7 @@ def test_a_user_that_cannot_create_the_schema_is_told_so(
 
 
 def test_a_table_the_user_may_not_write_is_named_and_nothing_is_committed(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     role: str,
     connection_id: str,
     tmp_path: Path,
@@ -378,7 +378,7 @@ def test_a_table_the_user_may_not_write_is_named_and_nothing_is_committed(
 
 
 def test_a_column_dropped_by_hand_mid_run_fails_the_commit_naming_it_and_keeps_nothing(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
     tmp_path: Path,
 ) -> None:
@@ -417,7 +417,7 @@ def test_a_column_dropped_by_hand_mid_run_fails_the_commit_naming_it_and_keeps_n
     ids=["type changed", "table dropped", "constraint added"],
 )
 def test_other_changes_by_hand_fail_the_commit_clearly(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
     tmp_path: Path,
     change: str,
@@ -437,7 +437,7 @@ def test_other_changes_by_hand_fail_the_commit_clearly(
 
 
 def test_a_view_on_an_overwritten_table_stops_the_swap_and_nothing_is_committed(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
     tmp_path: Path,
 ) -> None:
@@ -461,7 +461,7 @@ def test_a_view_on_an_overwritten_table_stops_the_swap_and_nothing_is_committed(
 
 
 def test_a_connection_lost_before_the_commit_is_retryable_and_nothing_is_committed(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
     tmp_path: Path,
 ) -> None:
@@ -479,7 +479,7 @@ def test_a_connection_lost_before_the_commit_is_retryable_and_nothing_is_committ
 
 
 def test_streams_that_would_share_a_table_are_refused(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
 ) -> None:
     with PostgresDestination(postgres_dsn, connection_id) as destination:
@@ -505,7 +505,7 @@ def test_streams_that_would_share_a_table_are_refused(
 
 
 def test_nul_characters_are_dropped_and_an_escaped_backslash_is_kept(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
     tmp_path: Path,
 ) -> None:
@@ -523,7 +523,7 @@ def test_nul_characters_are_dropped_and_an_escaped_backslash_is_kept(
 
 
 def test_a_column_keeps_its_type_when_the_source_changes_its_own(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
     tmp_path: Path,
 ) -> None:
@@ -540,7 +540,7 @@ def test_a_column_keeps_its_type_when_the_source_changes_its_own(
         assert rows.fetchall() == [(12, "a"), (None, "b")]
 
 
-def test_a_database_that_is_not_utf8_is_refused(postgres_dsn: str) -> None:  # noqa: F811
+def test_a_database_that_is_not_utf8_is_refused(postgres_dsn: str) -> None:
     name = f"sluice_ascii_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as db:
         db.execute(
@@ -598,7 +598,7 @@ print("committed", flush=True)
 
 @pytest.mark.parametrize("point", ["after COPY", "before COMMIT"])
 def test_a_worker_killed_between_copy_and_commit_leaves_no_rows_and_no_state(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
     tmp_path: Path,
     point: str,
@@ -665,7 +665,7 @@ async def test_a_sync_through_the_workflow_loads_postgres_and_purges_its_staging
     make_settings: Callable[..., Settings],
     run_worker: Any,
     client: Client,
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     password = f"pw-{uuid.uuid4().hex[:12]}"  # the server trusts the login: libpq never sends it
@@ -721,7 +721,7 @@ def key_indexes(dsn: str, schema: str) -> list[tuple[str, str]]:
 
 
 def test_an_append_dedup_table_has_one_index_on_its_primary_key(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
     tmp_path: Path,
 ) -> None:
@@ -747,7 +747,7 @@ def test_an_append_dedup_table_has_one_index_on_its_primary_key(
 
 
 def test_a_primary_key_that_is_not_a_column_is_refused_before_anything_loads(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     connection_id: str,
 ) -> None:
     with PostgresDestination(postgres_dsn, connection_id) as destination:
