@@ -473,6 +473,14 @@ async def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
     return _STATUS_EXIT.get(summary.status, EXIT_FAILED)
 
 
+def _where_the_data_is(connection: Connection) -> str:
+    destination = connection.destination
+    if destination.type == "postgres":
+        schema = destination.db_schema or connection.id
+        return f"PostgreSQL schema {schema!r} (DSN in ${destination.dsn_env})"
+    return str(destination.path)
+
+
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     connections = ConnectionsFile.load(settings.connections_file)
     connection = connections.get(args.connection)
@@ -513,7 +521,7 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
                     summary,
                     settings,
                     handle.id,
-                    str(connection.destination.path),
+                    _where_the_data_is(connection),
                 )
             )
             if summary.status != "succeeded":
