@@ -333,19 +333,20 @@ class SluiceInProcess:
     store is opened before the clock starts, as in the worker, where the run's sync opened it
     to stage the data the purge then deletes (the Purger keeps remote stores)."""
 
-    def __init__(self, workdir: Path, *, serial: bool = False) -> None:
+    def __init__(self, workdir: Path, *, concurrent: bool = False) -> None:
         from workers.metadata import MetadataStore
         from workers.purging import Purger
         from workers.settings import Settings
 
         settings = Settings(state_dir=workdir / "state-in-process")
         self.purger = Purger(settings, MetadataStore.from_url(settings.resolved_metadata_url))
-        self.serial = serial
-        """Deletes in the calling thread, in lockstep with the listing (delete_concurrency 1),
-        to show what the concurrent pipeline gains."""
+        self.concurrent = concurrent
+        """Azure: deletes on 8 threads while the listing goes on (delete_concurrency 8) instead
+        of the store's default, in lockstep with the listing, to show what that would gain."""
 
     def bucket_for(self, case: Case) -> str:
-        return f"sluice-{case.store}-{case.kind}-{case.count}" + ("-serial" if self.serial else "")
+        suffix = "-concurrent" if self.concurrent else ""
+        return f"sluice-{case.store}-{case.kind}-{case.count}{suffix}"
 
     @staticmethod
     def _root(case: Case) -> str:
@@ -353,8 +354,8 @@ class SluiceInProcess:
 
     def prepare(self, case: Case) -> None:
         store = self.purger.open(self._root(case))
-        if self.serial:
-            store.delete_concurrency = 1
+        if self.concurrent:
+            store.delete_concurrency = 8
 
     def __call__(self, case: Case) -> tuple[bool, str]:
         root = self._root(case)
@@ -690,7 +691,7 @@ def run_azure(
     names = [
         "sluice purge (CLI)",
         "Sluice in-process (Purger)",
-        "Sluice in-process, deletes serial",
+        "Sluice in-process, 8 delete threads",
         "Azure SDK delete_blobs (256), 8 threads",
         "Azure SDK delete_blob, 8 threads",
     ]
@@ -707,7 +708,9 @@ def run_azure(
                     tools: dict[str, Tool] = {
                         "sluice purge (CLI)": sluice_cli,
                         "Sluice in-process (Purger)": SluiceInProcess(workdir),
-                        "Sluice in-process, deletes serial": SluiceInProcess(workdir, serial=True),
+                        "Sluice in-process, 8 delete threads": SluiceInProcess(
+                            workdir, concurrent=True
+                        ),
                         "Azure SDK delete_blobs (256), 8 threads": azure_sdk_batches,
                         "Azure SDK delete_blob, 8 threads": azure_sdk_loop,
                     }
