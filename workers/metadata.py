@@ -88,6 +88,11 @@ runs = Table(
     # is swept at once, not after the failed-staging TTL.
     Column("committed", Boolean),
     Column("warnings", JSON),
+    # sync | replay (NULL in rows written before replays existed: a sync)
+    Column("kind", String(16)),
+    Column("reset", Boolean),
+    Column("replay_of", String(64)),  # a replay: the failed run it finished
+    Column("replayed_by", String(64)),  # a failed run: the replay that finished it
 )
 
 purge_receipts = Table(
@@ -250,6 +255,21 @@ class MetadataStore:
             self._upsert(
                 db, runs, {"run_id": row["run_id"]}, {k: v for k, v in row.items() if k != "run_id"}
             )
+
+    def mark_replayed(self, run_id: str, replay_run_id: str) -> None:
+        """A failed run was finished by a replay: its staging is purged with the replay's."""
+        with self.engine.begin() as db:
+            db.execute(
+                update(runs)
+                .where(runs.c.run_id == run_id)
+                .values(replayed_by=replay_run_id, staging_swept_at=_now())
+            )
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """One run's record, or None."""
+        with self.engine.connect() as db:
+            row = db.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
+            return _utc(dict(row)) if row else None
 
     def record_receipt(self, receipt: PurgeReceipt, run_id: str | None) -> None:
         row = receipt.model_dump()

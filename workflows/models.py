@@ -82,6 +82,9 @@ class RunPlan(BaseModel):
     heartbeat_timeout_seconds: float = 60
     job_timeout_hours: float = 24
     sync_attempts: int = 3
+    kind: Literal["sync", "replay"] = "sync"
+    reset: bool = False
+    replay_of: str | None = Field(default=None, description="A replay: the failed run it finishes.")
 
     @property
     def staging_target(self) -> str | None:

@@ -171,6 +171,7 @@ class SyncActivities:
             staging_uri=connection.staging or self.settings.resolved_staging_uri,
             staging_prefix=f"{connection.id}/{run_id}/",
             streams=request.streams or [s.name for s in connection.streams],
+            reset=request.reset,
             **timing,
         )
 
@@ -411,8 +412,13 @@ class SyncActivities:
                 else plan.staging_target,
                 "committed": request.committed,
                 "warnings": request.warnings,
+                "kind": plan.kind,
+                "reset": plan.reset,
+                "replay_of": plan.replay_of,
             }
         )
+        if plan.replay_of is not None and request.status == "succeeded":
+            self.store.mark_replayed(plan.replay_of, plan.run_id)
         self.store.unlock_connection(plan.connection_id, plan.run_id)
 
     def all(self) -> list[Any]:
