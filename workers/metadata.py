@@ -548,3 +548,98 @@ class MetadataStore:
                 for row in db.execute(select(table)).mappings():
                     parts.append(f"{table.name}: {dict(row)!r}")
         return "\n".join(parts)
+
+    # -- runs at hand: `sluice runs`, `sluice runs show`, `sluice logs`, `sluice cancel` --------
+
+    def recent_runs(
+        self,
+        *,
+        connection_id: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Recorded runs, newest first. Each row has `kind` (NULL in rows written before
+        replays existed reads `sync`) and `purge_verified`: True when a purge of the run's
+        staging (its own, a sweep's or a replay's) was verified empty, False when purges of it
+        left objects, None when none is recorded (kept for replay, or nothing staged)."""
+        query = select(runs).order_by(runs.c.started_at.desc(), runs.c.run_id.desc())
+        if connection_id is not None:
+            query = query.where(runs.c.connection_id == connection_id)
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as db:
+            rows = [_utc(dict(r)) for r in db.execute(query).mappings()]
+            verified = self._staging_purges_verified(db, rows)
+        for row in rows:
+            row["kind"] = row.get("kind") or "sync"
+            row["purge_verified"] = verified.get(row["run_id"])
+        return rows
+
+    @staticmethod
+    def _staging_purges_verified(
+        db: DBConnection, rows: Sequence[Mapping[str, Any]]
+    ) -> dict[str, bool]:
+        run_ids = [r["run_id"] for r in rows]
+        own = [r["receipt_id"] for r in rows if r.get("receipt_id")]
+        if not run_ids:
+            return {}
+        receipts = db.execute(
+            select(
+                purge_receipts.c.receipt_id,
+                purge_receipts.c.run_id,
+                purge_receipts.c.verified_empty,
+            ).where(
+                (purge_receipts.c.run_id.in_(run_ids) | purge_receipts.c.receipt_id.in_(own))
+                # The sweep's receipts of a run's retained logs (`sweep-logs-<run>`, see
+                # workers/activities/sweep.py) are not purges of its staging.
+                & purge_receipts.c.receipt_id.not_like("sweep-logs-%")
+                & purge_receipts.c.dry_run.is_(False)
+            )
+        ).mappings()
+        by_receipt = {r["receipt_id"]: r["run_id"] for r in rows if r.get("receipt_id")}
+        verified: dict[str, bool] = {}
+        for receipt in receipts:
+            run_id = receipt["run_id"] or by_receipt.get(receipt["receipt_id"])
+            if run_id is not None:
+                verified[run_id] = verified.get(run_id, False) or bool(receipt["verified_empty"])
+        return verified
+
+    def running_runs(self, connection_id: str | None = None) -> list[dict[str, Any]]:
+        """Runs still in progress, newest first: the lock rows whose run has not recorded
+        itself yet (`run_id`, `connection_id`, `workflow_id`, `taken_at`, ...)."""
+        query = (
+            select(connection_locks)
+            .where(~connection_locks.c.run_id.in_(select(runs.c.run_id)))
+            .order_by(connection_locks.c.taken_at.desc())
+        )
+        if connection_id is not None:
+            query = query.where(connection_locks.c.connection_id == connection_id)
+        with self.engine.connect() as db:
+            return [_utc(dict(r)) for r in db.execute(query).mappings()]
+
+    def lock_of_run(self, run_id: str) -> dict[str, Any] | None:
+        """The lock a run holds, or None (the run is over, or unknown)."""
+        with self.engine.connect() as db:
+            row = (
+                db.execute(select(connection_locks).where(connection_locks.c.run_id == run_id))
+                .mappings()
+                .first()
+            )
+        return _utc(dict(row)) if row else None
+
+    def receipts_of_run(self, run_id: str) -> list[dict[str, Any]]:
+        """Every purge receipt recorded for a run, oldest first: its own purge, the sweep's of
+        its kept staging and of its retained logs, a replay's of its staging."""
+        record = self.run(run_id)
+        condition = purge_receipts.c.run_id == run_id
+        if record is not None and record.get("receipt_id"):
+            condition = condition | (purge_receipts.c.receipt_id == record["receipt_id"])
+        with self.engine.connect() as db:
+            rows = db.execute(
+                select(purge_receipts)
+                .where(condition)
+                .order_by(purge_receipts.c.started_at, purge_receipts.c.receipt_id)
+            ).mappings()
+            return [_utc(dict(r)) for r in rows]
