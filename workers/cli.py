@@ -57,6 +57,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from purge.errors import PurgeError
 from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
+from workers import runs_report
 from workers.activities.locks import ConnectionLocks
 from workers.client import (
     TemporalAddressError,
@@ -638,6 +639,67 @@ async def cmd_unlock(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
+    """`sluice runs [...]`, newest first, and `sluice runs show RUN_ID` (workers/runs_report.py)."""
+    metadata = MetadataStore.from_url(settings.resolved_metadata_url)
+    if args.runs_command == "show":
+        try:
+            details = await runs_report.run_details(settings, metadata, args.run_id)
+        except runs_report.RunLookupError as exc:
+            raise CliError(str(exc)) from None
+        print(
+            json.dumps(details.as_json(), indent=2)
+            if args.json
+            else runs_report.details_text(details)
+        )
+        return EXIT_OK
+    listing = await runs_report.list_runs(
+        settings, metadata, connection_id=args.connection, status=args.status, limit=args.limit
+    )
+    for note in listing.notes:
+        say(note, style="yellow")  # on stderr: stdout stays the listing alone
+    print(runs_report.runs_json(listing) if args.json else runs_report.runs_text(listing))
+    return EXIT_OK
+
+
+def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a run attempt's retained, scrubbed log from the store that holds it."""
+    metadata = MetadataStore.from_url(settings.resolved_metadata_url)
+    try:
+        log = runs_report.find_log(settings, metadata, args.run_id, args.attempt)
+        attempts = ", ".join(map(str, log.attempts))
+        say(f"run {log.run_id} attempt {log.attempt} (attempts with a log: {attempts}): {log.uri}")
+        runs_report.copy_log(settings, log, sys.stdout.buffer)
+    except runs_report.RunLookupError as exc:
+        raise CliError(str(exc)) from None
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+async def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    """Cancel the running run of a connection, or the run RUN_ID. Nothing running: refused
+    (exit 2), as `unlock` is while a run goes on."""
+    metadata = MetadataStore.from_url(settings.resolved_metadata_url)
+    try:
+        cancellation, handle = await runs_report.cancel_run(settings, metadata, args.target)
+    except runs_report.NothingRunningError as exc:
+        raise CliError(str(exc)) from None
+    run_id = cancellation.run_id
+    say(
+        f"cancellation requested: run {run_id} of connection {cancellation.connection_id!r} "
+        f"(workflow {cancellation.workflow_id}): {cancellation.ui_link}"
+    )
+    if not args.wait:
+        say(
+            "the run ends once its current step has stopped cleanly, and records how it ended "
+            f"(`sluice runs show {run_id}`)"
+        )
+        return EXIT_OK
+    status = await runs_report.wait_until_recorded(handle, metadata, run_id)
+    say(f"run {run_id} ended {status}")
+    return EXIT_OK if status == "cancelled" else _STATUS_EXIT.get(status, EXIT_FAILED)
+
+
 def _read_json(path: str, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -695,6 +757,16 @@ def cmd_codec_server(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluice",
@@ -723,6 +795,35 @@ def _parser() -> argparse.ArgumentParser:
         help="release a connection's run lock, unless its run's workflow is still running",
     )
     unlock.add_argument("connection")
+    runs = sub.add_parser(
+        "runs",
+        help="list runs, newest first (syncs, replays, sweeps, runs in progress); "
+        "`runs show RUN_ID` tells one",
+    )
+    runs.add_argument("--connection", help="only this connection's runs (no sweeps)")
+    runs.add_argument("--status", choices=runs_report.RUN_STATUSES)
+    runs.add_argument("--limit", type=_positive_int, default=20, help="at most N runs (20)")
+    runs.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    runs_sub = runs.add_subparsers(dest="runs_command")
+    runs_show = runs_sub.add_parser(
+        "show",
+        help="a run's phases and attempts, error, counts, redactions, receipts, logs, replay "
+        "links and Temporal UI link",
+    )
+    runs_show.add_argument("run_id")
+    runs_show.add_argument("--json", action="store_true", help="as a JSON object")
+    logs = sub.add_parser("logs", help="print a run's retained, scrubbed log")
+    logs.add_argument("run_id")
+    logs.add_argument(
+        "--attempt", type=_positive_int, help="the attempt's log (default: the last one)"
+    )
+    cancel = sub.add_parser(
+        "cancel", help="cancel the running run of a connection (or the run RUN_ID)"
+    )
+    cancel.add_argument("target", metavar="CONNECTION|RUN_ID")
+    cancel.add_argument(
+        "--wait", action="store_true", help="wait until the run has ended and print how"
+    )
     schedules = sub.add_parser(
         "schedules", help="create or update the Temporal schedules (syncs, retention sweep)"
     )
@@ -787,6 +888,7 @@ SYNC_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "purge": cmd_purge,
     "scrub": cmd_scrub,
     "codec-server": cmd_codec_server,
+    "logs": cmd_logs,
 }
 ASYNC_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "worker": cmd_worker,
@@ -794,6 +896,8 @@ ASYNC_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any
     "demo": cmd_demo,
     "schedules": cmd_schedules,
     "unlock": cmd_unlock,
+    "runs": cmd_runs,
+    "cancel": cmd_cancel,
 }
 
 
