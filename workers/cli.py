@@ -700,6 +700,16 @@ async def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if status == "cancelled" else _STATUS_EXIT.get(status, EXIT_FAILED)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return value
+
+
 def _read_json(path: str, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -755,16 +765,6 @@ def cmd_codec_server(settings: Settings, args: argparse.Namespace) -> int:
     )
     serve_codec(EncryptionCodec(settings.payload_key_list()), "127.0.0.1", args.port, origin)
     return EXIT_OK
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
