@@ -21,7 +21,6 @@ import os
 import signal
 import sys
 import traceback
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
@@ -67,13 +66,21 @@ from workers.client import (
     ui_link,
 )
 from workers.codec import EncryptionCodec, PayloadKeyError
-from workers.codec_server import serve_codec
+from workers.codec_server import (
+    CodecAccess,
+    CodecServer,
+    CodecServerConfigError,
+    default_origins,
+    normalise_origin,
+    tls_context,
+)
 from workers.connections import Connection, ConnectionsFile, ConnectionsFileError
 from workers.connectors.executors import ConnectorInstaller
 from workers.devserver import DevServerError, is_listening, server_command, start_in_background
 from workers.errors import SluiceError
 from workers.metadata import MetadataStore
 from workers.purging import Purger
+from workers.run_metadata import RunMetadata
 from workers.runlog import configure_logging
 from workers.schedules import apply_schedules
 from workers.settings import Settings
@@ -340,6 +347,13 @@ async def _worker_unless_running(client: Client, settings: Settings) -> AsyncIte
 async def start_sync(
     client: Client, settings: Settings, request: SyncRequest
 ) -> WorkflowHandle[Any, SyncSummary]:
+    metadata = RunMetadata.for_run(
+        "sync",
+        request.connection_id,
+        started_by="sluice CLI",
+        reset=request.reset,
+        streams=request.streams,
+    )
     # One running sync per connection: a second start while one runs fails instead of racing it.
     return await client.start_workflow(
         SyncConnectionWorkflow.run,
@@ -348,6 +362,8 @@ async def start_sync(
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         execution_timeout=timedelta(days=2),
+        static_summary=metadata.static_summary,
+        static_details=metadata.static_details,
     )
 
 
@@ -757,14 +773,83 @@ def cmd_scrub(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_codec_server(settings: Settings, args: argparse.Namespace) -> int:
-    parts = urllib.parse.urlsplit(settings.temporal_ui_url)
-    origin = f"{parts.scheme}://{parts.netloc}"
-    say(
-        f"codec server on http://127.0.0.1:{args.port} for the Temporal UI at {origin}; set it "
-        "as the UI's codec endpoint (or start the dev server with --ui-codec-endpoint)"
-    )
-    serve_codec(EncryptionCodec(settings.payload_key_list()), "127.0.0.1", args.port, origin)
+    try:
+        origins = [
+            normalise_origin(origin)
+            for origin in settings.codec_allowed_origins
+            or default_origins(settings.temporal_ui_port, settings.temporal_ui_url)
+        ]
+        tls = None
+        if settings.codec_tls_cert or settings.codec_tls_key:
+            if not (settings.codec_tls_cert and settings.codec_tls_key):
+                raise CodecServerConfigError(
+                    "set both SLUICE_CODEC_TLS_CERT and SLUICE_CODEC_TLS_KEY, or neither"
+                )
+            tls = tls_context(settings.codec_tls_cert, settings.codec_tls_key)
+        token = settings.codec_token.get_secret_value() if settings.codec_token else None
+        if token is None and not args.insecure_no_auth:
+            raise CodecServerConfigError(
+                "the codec server decrypts for whoever may call it: set SLUICE_CODEC_TOKEN "
+                "(e.g. `openssl rand -hex 32`), or pass --insecure-no-auth"
+            )
+        access = CodecAccess(
+            token=None if args.insecure_no_auth else token,
+            allowed_origins=frozenset(origins),
+            secure_cookie=tls is not None,
+        )
+        server = CodecServer(
+            EncryptionCodec(settings.payload_key_list()), access, args.host, args.port, tls
+        )
+    except CodecServerConfigError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"codec server: cannot listen on {args.host}:{args.port}: {exc}") from None
+    if access.token is None:
+        console.print(
+            Text(
+                "WARNING: --insecure-no-auth: this codec server decrypts every payload (and "
+                "encrypts any) for ANYONE who can reach "
+                f"{args.host}:{args.port}; never expose it beyond this machine",
+                style="bold red",
+            )
+        )
+    say(f"codec server on {server.url}, for the Temporal UI at {', '.join(origins)}")
+    if access.token is not None:
+        say(
+            f"browser: sign in once at {server.url}/, then in the UI's Codec Server settings set "
+            f"the endpoint {server.url} and tick 'Include cross-origin credentials'; CLI: "
+            f'--codec-endpoint {server.url} --codec-auth "Bearer $SLUICE_CODEC_TOKEN"'
+        )
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return EXIT_OK
+
+
+CODEC_SERVER_EPILOG = """\
+settings (environment or .env):
+  SLUICE_CODEC_TOKEN            required: the operator token (e.g. `openssl rand -hex 32`)
+  SLUICE_CODEC_ALLOWED_ORIGINS  comma-separated UI origins granted CORS; default
+                                http://localhost:UI_PORT, http://127.0.0.1:UI_PORT and the
+                                origin of SLUICE_TEMPORAL_UI_URL
+  SLUICE_CODEC_TLS_CERT, SLUICE_CODEC_TLS_KEY
+                                PEM files: serve https (needed for a UI served over https)
+  SLUICE_PAYLOAD_KEYS           the payload keys (the workers' list)
+
+in the Temporal UI (a dev server's UI has no login, so the browser carries the credential):
+  1. open http://localhost:8081/ in the browser and paste the token: a session cookie is
+     set (12 hours; HttpOnly, SameSite=Strict)
+  2. in the UI, Codec Server settings (the chip at the top of the page, or the settings menu):
+     endpoint http://localhost:8081, tick "Include cross-origin credentials", Apply
+  open the UI and the codec server under the same host name (localhost and localhost, or
+  hosts of one domain): the cookie is not sent across sites.
+
+from the temporal CLI or a script:
+  temporal workflow show -w ID --codec-endpoint http://localhost:8081 \\
+      --codec-auth "Bearer $SLUICE_CODEC_TOKEN"
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -847,9 +932,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     scrub.add_argument("file", nargs="?", help="the raw log; stdin when absent")
     codec = sub.add_parser(
-        "codec-server", help="decrypt payloads for the Temporal UI (its remote codec endpoint)"
+        "codec-server",
+        help="decrypt payloads for the Temporal UI (its remote codec endpoint)",
+        description="The Temporal UI's remote codec endpoint: decrypts payloads (inputs, "
+        "results, failure messages) for operators, and encrypts what they type into the start "
+        "form. Every request needs the operator token.",
+        epilog=CODEC_SERVER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    codec.add_argument("--port", type=int, default=8081)
+    codec.add_argument("--port", type=int, default=8081, help="default 8081")
+    codec.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    codec.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve without a token: anyone who reaches the port reads every payload",
+    )
     demo = sub.add_parser(
         "demo", help="start what is missing, sync the example connection twice, show summaries"
     )

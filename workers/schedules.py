@@ -22,6 +22,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from workers.connections import ConnectionsFile
+from workers.run_metadata import RunMetadata
 from workers.settings import Settings
 from workflows.models import SweepRequest, SyncRequest
 from workflows.sweep import RetentionSweepWorkflow
@@ -32,12 +33,15 @@ SYNC_SCHEDULE_PREFIX = "sluice-sync-"
 
 
 def sweep_schedule(settings: Settings) -> Schedule:
+    metadata = RunMetadata.for_run("sweep", started_by=f"schedule {SWEEP_SCHEDULE_ID}")
     return Schedule(
         action=ScheduleActionStartWorkflow(
             RetentionSweepWorkflow.run,
             SweepRequest(),
             id="retention-sweep",
             task_queue=settings.task_queue,
+            static_summary=metadata.static_summary,
+            static_details=metadata.static_details,
         ),
         spec=ScheduleSpec(cron_expressions=[settings.sweep_schedule]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
@@ -45,12 +49,17 @@ def sweep_schedule(settings: Settings) -> Schedule:
 
 
 def sync_schedule(settings: Settings, connection_id: str, cron: str) -> Schedule:
+    metadata = RunMetadata.for_run(
+        "sync", connection_id, started_by=f"schedule {SYNC_SCHEDULE_PREFIX}{connection_id}"
+    )
     return Schedule(
         action=ScheduleActionStartWorkflow(
             SyncConnectionWorkflow.run,
             SyncRequest(connection_id=connection_id),
             id=f"sync-{connection_id}",
             task_queue=settings.task_queue,
+            static_summary=metadata.static_summary,
+            static_details=metadata.static_details,
         ),
         spec=ScheduleSpec(cron_expressions=[cron]),
         # One sync of a connection at a time; a run that is still going skips the next tick.

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -148,8 +148,25 @@ class Settings(BaseSettings):
         description="a run renews its connection's lock while it lives; a lock not renewed for "
         "this long is free",
     )
+    codec_token: SecretStr | None = Field(
+        default=None,
+        description="the operator credential of `sluice codec-server`: sent as "
+        "`Authorization: Bearer <token>`, or pasted once into its sign-in page by a browser",
+    )
+    codec_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated browser origins (scheme://host:port) the codec server "
+        "grants CORS to; default: http://localhost:UI_PORT, http://127.0.0.1:UI_PORT and the "
+        "origin of SLUICE_TEMPORAL_UI_URL",
+    )
+    codec_tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the codec server; with the key: https"
+    )
+    codec_tls_key: Path | None = Field(
+        default=None, description="PEM private key of the codec server's certificate"
+    )
 
-    @field_validator("purge_allow", mode="before")
+    @field_validator("purge_allow", "codec_allowed_origins", mode="before")
     @classmethod
     def _split_allow(cls, value: Any) -> Any:
         if isinstance(value, str):
