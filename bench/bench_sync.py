@@ -81,6 +81,41 @@ TARGET_PYAIRBYTE_OVER_SLUICE = 1.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+FAKER_PACKAGE = "airbyte-source-faker==7.2.1"
+
+
+def find_faker() -> str:
+    """The source-faker executable, found the way ``bench/run`` finds it: $SLUICE_BENCH_FAKER,
+    else the one ``sluice demo`` or the tests installed, else airbyte-source-faker 7.2.1 from
+    PyPI installed into .cache/bench/source-faker (its own virtual environment)."""
+    chosen = os.environ.get("SLUICE_BENCH_FAKER")
+    if chosen:
+        return chosen
+    bench_venv = REPO / ".cache" / "bench" / "source-faker"
+    for venv in (
+        REPO / ".sluice" / "connectors" / "source-faker",
+        REPO / ".cache" / "connectors" / "source-faker",
+        bench_venv,
+    ):
+        if os.access(venv / "bin" / "source-faker", os.X_OK):
+            return str(venv / "bin" / "source-faker")
+    print(f"installing {FAKER_PACKAGE} into {bench_venv}", file=sys.stderr, flush=True)
+    shutil.rmtree(bench_venv, ignore_errors=True)
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base_python, "-m", "venv", str(bench_venv)], check=True)
+    subprocess.run(
+        [
+            str(bench_venv / "bin" / "pip"),
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            FAKER_PACKAGE,
+        ],
+        check=True,
+    )
+    return str(bench_venv / "bin" / "source-faker")
+
+
 # -- /proc: memory and CPU of process trees ---------------------------------------------------
 
 
@@ -604,14 +639,26 @@ def _stop(process: subprocess.Popen[Any], timeout: float) -> None:
 
 
 class WorkerProcess:
-    """``build_worker`` in a child process (this file, ``--worker-child``)."""
+    """``build_worker`` in a child process (``script --worker-child``; this file by default,
+    whose ``worker_child`` other benches wrap)."""
 
-    def __init__(self, settings: Settings, workdir: Path, profile_dir: Path | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        profile_dir: Path | None,
+        *,
+        script: Path | None = None,
+        extra_args: Sequence[str] = (),
+        log_name: str | None = None,
+    ) -> None:
         self.settings = settings
-        self.log_path = workdir / ("worker-profiled.log" if profile_dir else "worker.log")
+        default_log = "worker-profiled.log" if profile_dir else "worker.log"
+        self.log_path = workdir / (log_name or default_log)
         argv = [
             sys.executable,
-            str(Path(__file__).resolve()),
+            str((script or Path(__file__)).resolve()),
+            *extra_args,
             "--worker-child",
             "--state-dir",
             str(settings.state_dir),
