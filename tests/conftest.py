@@ -21,7 +21,7 @@ from tests.support.session import CONNECTORS_DIR, PAYLOAD_KEYS, REPO
 from workers.codec import data_converter, parse_keys
 from workers.connections import SourceConfig
 from workers.connectors.executors import ConnectorInstaller
-from workers.devserver import temporal_cli
+from workers.devserver import search_attribute_args, temporal_cli
 from workers.metadata import MetadataStore
 from workers.runlog import configure_logging
 from workers.settings import Settings
@@ -64,6 +64,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         port=free_port(),
         ui=False,
         dev_server_log_level="error",
+        dev_server_extra_args=search_attribute_args(),
     )
     try:
         yield env

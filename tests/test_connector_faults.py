@@ -602,7 +602,8 @@ def test_a_full_staging_disk_at_a_batch_fails_the_attempt_and_leaks_nothing(
                 state(f"2024-02-01T00:00:{i:02d}Z")
         """,
     )
-    store = FullDiskStore(tmp_path / "staging", room=400)
+    # Room for the first commits, their batches and their journal entries.
+    store = FullDiskStore(tmp_path / "staging", room=1200)
     attempt = Attempt(tmp_path, connector, store=store)
     error = attempt.fails(OSError)
     assert error.errno == errno.ENOSPC

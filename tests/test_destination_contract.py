@@ -85,7 +85,11 @@ class Warehouse:
                 "SELECT table_name FROM information_schema.tables "
                 f"WHERE table_schema = '{pg_name(self.connection_id)}'"
             )
-        return {row[0] for row in self.query(sql)} - {"_sluice_state", "_sluice_run_counts"}
+        return {row[0] for row in self.query(sql)} - {
+            "_sluice_state",
+            "_sluice_run_counts",
+            "_sluice_commits",
+        }
 
 
 def _plain(value: Any) -> Any:
@@ -407,16 +411,31 @@ def test_a_batch_and_its_state_commit_together_or_not_at_all(
         good = batch([person(1, "2024-01-01T00:00:00Z")])
         with pytest.raises(Exception):  # noqa: B017 (the file's reader or the database's)
             destination.commit(
-                {"people": [good, broken]}, {"people": stream}, [state], "r1", counts={"people": 2}
+                {"people": [good, broken]},
+                {"people": stream},
+                [state],
+                "r1",
+                counts={"people": 2},
+                commit_id="r1/attempt-001/000001",
             )
         assert destination.committed_state() == []
         assert destination.run_counts("r1") == {}
+        # The journal entry of a failed commit is not done: a replay carries it out.
+        assert destination.committed_ids("r1") == set()
         assert warehouse.count("people") == 0
         destination.commit(
-            {"people": [good]}, {"people": stream}, [state], "r1", counts={"people": 1}
+            {"people": [good]},
+            {"people": stream},
+            [state],
+            "r1",
+            counts={"people": 1},
+            commit_id="r1/attempt-001/000001",
         )
         assert destination.committed_state() == [state]
         assert destination.run_counts("r1") == {"people": 1}
+    with warehouse.open() as reopened:
+        assert reopened.committed_ids("r1") == {"r1/attempt-001/000001"}
+        assert reopened.committed_ids("r2") == set()
     assert warehouse.count("people") == 1
 
 

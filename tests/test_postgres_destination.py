@@ -175,8 +175,10 @@ def test_a_postgres_connection_opens_its_schema_named_after_it_or_as_configured(
             [list(schemas)],
         ).fetchall()
     assert tables == [
+        ("Raw Data", "_sluice_commits"),
         ("Raw Data", "_sluice_run_counts"),
         ("Raw Data", "_sluice_state"),
+        (connection_id, "_sluice_commits"),
         (connection_id, "_sluice_run_counts"),
         (connection_id, "_sluice_state"),
     ]
@@ -362,6 +364,7 @@ def test_a_table_the_user_may_not_write_is_named_and_nothing_is_committed(
         db.execute(f'GRANT USAGE ON SCHEMA "{connection_id}" TO "{role}"')
         db.execute(f'GRANT ALL ON "{connection_id}"._sluice_state TO "{role}"')
         db.execute(f'GRANT ALL ON "{connection_id}"._sluice_run_counts TO "{role}"')
+        db.execute(f'GRANT ALL ON "{connection_id}"._sluice_commits TO "{role}"')
         db.execute(f'GRANT SELECT ON "{connection_id}".people TO "{role}"')
     with PostgresDestination(as_role(postgres_dsn, role), connection_id) as loader:
         stream = people(loader)

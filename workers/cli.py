@@ -59,6 +59,7 @@ from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
 from workers import runs_report
 from workers.activities.locks import ConnectionLocks
 from workers.client import (
+    SearchAttributesMissingError,
     TemporalAddressError,
     TemporalUnreachableError,
     connect,
@@ -220,7 +221,11 @@ REFUSED_KINDS = REFUSED_FAILURE_TYPES | {
 }
 
 # Errors that are neither Sluice's own nor purge's, and mean "refused".
-REFUSED_ERRORS: tuple[type[BaseException], ...] = (PayloadKeyError, TemporalAddressError)
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (
+    PayloadKeyError,
+    TemporalAddressError,
+    SearchAttributesMissingError,
+)
 
 
 def _metadata_url_for_humans(settings: Settings | None) -> str:

@@ -8,13 +8,18 @@ import time
 import urllib.parse
 from datetime import timedelta
 
-from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.enums.v1 import IndexedValueType, TaskQueueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from workers.codec import data_converter
 from workers.settings import Settings
+from workflows import search_attributes
 
 # One connection attempt never takes longer than this (a black-holed address would otherwise
 # hang until the operating system gives up on the TCP handshake).
@@ -28,6 +33,19 @@ class TemporalUnreachableError(RuntimeError):
         super().__init__(f"cannot reach Temporal at {address} (SLUICE_TEMPORAL_ADDRESS): {reason}")
         self.address = address
         self.reason = reason
+
+
+class SearchAttributesMissingError(RuntimeError):
+    """The namespace lacks Sluice's search attributes and they could not be registered."""
+
+
+def register_commands(namespace: str) -> list[str]:
+    """The commands that register Sluice's search attributes on a cluster."""
+    return [
+        f"temporal operator search-attribute create --namespace {namespace} "
+        f"--name {key.name} --type Keyword"
+        for key in search_attributes.ALL
+    ]
 
 
 class TemporalAddressError(ValueError):
@@ -70,12 +88,13 @@ async def connect(settings: Settings, wait_seconds: float = 0) -> Client:
     converter = data_converter(settings.payload_key_list())
     while True:
         try:
-            return await Client.connect(
+            client = await Client.connect(
                 settings.temporal_address,
                 namespace=settings.temporal_namespace,
                 data_converter=converter,
                 connect_timeout=CONNECT_TIMEOUT,
             )
+            break
         except RuntimeError as exc:
             if time.monotonic() >= deadline:
                 reason = unreachable_reason(exc)
@@ -85,6 +104,36 @@ async def connect(settings: Settings, wait_seconds: float = 0) -> Client:
             await asyncio.sleep(0.5)
         except ValueError as exc:
             raise TemporalAddressError(settings.temporal_address, str(exc)) from exc
+    await ensure_search_attributes(client, settings.temporal_namespace)
+    return client
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> None:
+    """Make sure the namespace knows Sluice's search attributes (every run sets them, and a
+    run setting an unknown one would be stuck): registered here when missing, where the
+    cluster allows it (a dev server, a self-hosted cluster); otherwise a clear error saying
+    how to register them."""
+    known = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    missing = [key.name for key in search_attributes.ALL if key.name not in known.custom_attributes]
+    if not missing:
+        return
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=namespace,
+                search_attributes=dict.fromkeys(
+                    missing, IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                ),
+            )
+        )
+    except RuntimeError as exc:
+        raise SearchAttributesMissingError(
+            f"the Temporal namespace {namespace!r} lacks Sluice's search attributes "
+            f"({', '.join(missing)}) and they could not be registered ({exc}); register them "
+            "once with:\n  " + "\n  ".join(register_commands(namespace))
+        ) from exc
 
 
 def ui_link(settings: Settings, workflow_id: str | None = None, run_id: str | None = None) -> str:

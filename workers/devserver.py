@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from workers.settings import Settings
+from workflows import search_attributes
 
 
 class DevServerError(RuntimeError):
@@ -62,6 +63,16 @@ def server_command(settings: Settings) -> list[str]:
         settings.temporal_namespace,
         "--log-level",
         "warn",
+        *search_attribute_args(),
+    ]
+
+
+def search_attribute_args() -> list[str]:
+    """`temporal server start-dev` arguments that register Sluice's search attributes."""
+    return [
+        arg
+        for key in search_attributes.ALL
+        for arg in ("--search-attribute", f"{key.name}=Keyword")
     ]
 
 

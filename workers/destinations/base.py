@@ -95,6 +95,11 @@ class Destination(Protocol):
         """Records committed so far by a run (all its attempts), per stream key."""
         ...
 
+    def committed_ids(self, run_id: str) -> set[str]:
+        """The commits of a run's journal (``<run id>/...``) that are done: a replay skips
+        them."""
+        ...
+
     def prepare(self, streams: Sequence[StreamTable], run_id: str = "") -> None:
         """Create the run's tables and their new columns; start each replacing stream's
         run-scoped table afresh (and its count)."""
@@ -109,11 +114,14 @@ class Destination(Protocol):
         replace: Sequence[StreamTable] = (),
         forget: Iterable[str] = (),
         counts: dict[str, int] | None = None,
+        commit_id: str | None = None,
     ) -> int:
         """Load the staged batch files (gzip, one RECORD line each) of each stream and upsert
         ``states``, in one transaction; ``replace``: streams whose run-scoped table now swaps in
         for the live one (the run's end); ``forget``: state keys a reset drops; ``counts``:
-        records per stream key, added to the run's counts. Returns the rows loaded. Raises
+        records per stream key, added to the run's counts; ``commit_id``: the entry of the
+        run's commit journal (in staging) that this commit carries out, noted with it, so that
+        a replay of a failed run knows which are done. Returns the rows loaded. Raises
         RecordsRefusedError when records of a batch cannot be read."""
         ...
 

@@ -26,6 +26,7 @@ log = structlog.get_logger(__name__)
 
 STATE_TABLE = "_sluice_state"
 COUNTS_TABLE = "_sluice_run_counts"
+COMMITS_TABLE = "_sluice_commits"
 META_COLUMNS = {"_airbyte_raw_id": "VARCHAR", "_airbyte_extracted_at": "TIMESTAMPTZ"}
 
 
@@ -89,6 +90,10 @@ class DuckDBDestination:
                 f"CREATE TABLE IF NOT EXISTS {COUNTS_TABLE} (run_id VARCHAR, stream VARCHAR, "
                 "records BIGINT, PRIMARY KEY (run_id, stream))"
             )
+            self._db.execute(
+                f"CREATE TABLE IF NOT EXISTS {COMMITS_TABLE} (commit_id VARCHAR PRIMARY KEY, "
+                "committed_at TIMESTAMPTZ DEFAULT now())"
+            )
         except BaseException:
             _cleanup_step("closing the DuckDB destination", self._db.close)
             raise
@@ -132,6 +137,14 @@ class DuckDBDestination:
         ).fetchall()
         return {str(stream): int(records) for stream, records in rows}
 
+    def committed_ids(self, run_id: str) -> set[str]:
+        """The ids of the commits of a run's journal that are done."""
+        rows = self._db.execute(
+            f"SELECT commit_id FROM {COMMITS_TABLE} WHERE starts_with(commit_id, ?)",
+            [run_id + "/"],
+        ).fetchall()
+        return {str(row[0]) for row in rows}
+
     def prepare(self, streams: Sequence[StreamTable], run_id: str = "") -> None:
         """Create schemas, tables and new columns; start each replacing stream's table afresh
         (and its count: an earlier attempt's rows of it are gone)."""
@@ -172,11 +185,13 @@ class DuckDBDestination:
         replace: Sequence[StreamTable] = (),
         forget: Iterable[str] = (),
         counts: dict[str, int] | None = None,
+        commit_id: str | None = None,
     ) -> int:
         """Load staged batches and upsert the states that cover them, in one transaction.
 
         ``replace``: streams whose run-scoped table now replaces the live one (end of run);
-        ``forget``: state keys a reset drops, in the same transaction.
+        ``forget``: state keys a reset drops, in the same transaction; ``commit_id``: the
+        journal entry this commit carries out, noted in the same transaction.
         Returns the number of rows loaded. Raises RecordsRefusedError when DuckDB cannot read
         records of a batch (nothing of the commit is kept).
         """
@@ -187,7 +202,7 @@ class DuckDBDestination:
             for index, (key, files) in enumerate(batches.items()):
                 if files:
                     staged.append((streams[key], self._stage(streams[key], files, index)))
-            return self._commit_staged(staged, run_id, states, replace, forget, counts)
+            return self._commit_staged(staged, run_id, states, replace, forget, counts, commit_id)
         except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
             raise RecordsRefusedError(self.name, exc) from exc
         finally:
@@ -208,6 +223,7 @@ class DuckDBDestination:
         replace: Sequence[StreamTable],
         forget: Iterable[str],
         counts: dict[str, int] | None,
+        commit_id: str | None,
     ) -> int:
         loaded = 0
         self._db.execute("BEGIN TRANSACTION")
@@ -237,6 +253,8 @@ class DuckDBDestination:
                     "VALUES (?, ?, ?, ?, now())",
                     [self.connection_id, state_key(state), json.dumps(state), run_id],
                 )
+            if commit_id is not None:
+                self._db.execute(f"INSERT INTO {COMMITS_TABLE} (commit_id) VALUES (?)", [commit_id])
             self._db.execute("COMMIT")
         except BaseException:
             # A failed COMMIT (a full disk) has already ended the transaction, and ROLLBACK

@@ -89,7 +89,8 @@ log = structlog.get_logger(__name__)
 
 STATE_TABLE = "_sluice_state"
 COUNTS_TABLE = "_sluice_run_counts"
-INTERNAL_TABLES = (STATE_TABLE, COUNTS_TABLE)
+COMMITS_TABLE = "_sluice_commits"
+INTERNAL_TABLES = (STATE_TABLE, COUNTS_TABLE, COMMITS_TABLE)
 META_COLUMNS = {"_airbyte_raw_id": "uuid", "_airbyte_extracted_at": "timestamp with time zone"}
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1
 _HASHED_HEAD_BYTES = MAX_IDENTIFIER_BYTES - 9  # room for "_" and 8 hex digits
@@ -287,6 +288,11 @@ class PostgresDestination:
                     "stream text NOT NULL, records bigint NOT NULL, "
                     "PRIMARY KEY (run_id, stream))"
                 )
+            if not self._exists(cur, COMMITS_TABLE):
+                cur.execute(
+                    f"CREATE TABLE {self._table(COMMITS_TABLE)} (commit_id text PRIMARY KEY, "
+                    "committed_at timestamptz NOT NULL DEFAULT now())"
+                )
 
     def close(self) -> None:
         self._db.close()
@@ -337,6 +343,17 @@ class PostgresDestination:
             )
             return {str(stream): int(records) for stream, records in cur.fetchall()}
 
+    def committed_ids(self, run_id: str) -> set[str]:
+        """The ids of the commits of a run's journal that are done."""
+        with self._errors("reading", self._table_name(COMMITS_TABLE)), self._db.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT commit_id FROM {} WHERE starts_with(commit_id, %s)").format(
+                    sql.Identifier(self.schema, COMMITS_TABLE)
+                ),
+                [run_id + "/"],
+            )
+            return {str(row[0]) for row in cur.fetchall()}
+
     def prepare(self, streams: Sequence[StreamTable], run_id: str = "") -> None:
         """Create the tables and their new columns (a column dropped by hand comes back, as in
         DuckDB); start each replacing stream's run-scoped table afresh, and its count."""
@@ -381,13 +398,15 @@ class PostgresDestination:
         replace: Sequence[StreamTable] = (),
         forget: Iterable[str] = (),
         counts: dict[str, int] | None = None,
+        commit_id: str | None = None,
     ) -> int:
         """Load staged batches and upsert the states that cover them, in one transaction.
 
         ``replace``: streams whose run-scoped table now replaces the live one (end of run);
-        ``forget``: state keys a reset drops, in the same transaction. Returns the number of
-        rows loaded. Raises RecordsRefusedError when records of a batch cannot be read (nothing
-        of the commit is kept).
+        ``forget``: state keys a reset drops, in the same transaction; ``commit_id``: the
+        journal entry this commit carries out, noted in the same transaction. Returns the
+        number of rows loaded. Raises RecordsRefusedError when records of a batch cannot be
+        read (nothing of the commit is kept).
         """
         loaded = 0
         doing, table = "committing to", self._table_name(STATE_TABLE)
@@ -428,6 +447,14 @@ class PostgresDestination:
                 )
             for state in states:
                 self._write_state(cur, state, run_id)
+            if commit_id is not None:
+                table = self._table_name(COMMITS_TABLE)
+                cur.execute(
+                    sql.SQL("INSERT INTO {} (commit_id) VALUES (%s)").format(
+                        sql.Identifier(self.schema, COMMITS_TABLE)
+                    ),
+                    [commit_id],
+                )
         return loaded
 
     def discard(self, streams: Iterable[StreamTable]) -> None:

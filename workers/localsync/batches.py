@@ -110,6 +110,7 @@ class StreamBatches:
         self._on_closed = on_closed
         self.writer: BatchWriter | None = None
         self.pending: list[Batch] = []
+        self.abandoned: Batch | None = None  # the batch being written when the attempt failed
         self._number = 0
 
     def write(self, line: bytes, number: int) -> None:
@@ -128,6 +129,14 @@ class StreamBatches:
             self.writer = None
             self.pending.append(batch)
             self._on_closed(batch)
+
+    def position(self) -> tuple[int, str | None, int]:
+        """Where the stream's staged records end now: the closed pending batches, and the key
+        and record count of the one being written (a STATE covers exactly these)."""
+        writer = self.writer
+        if writer is None:
+            return len(self.pending), None, 0
+        return len(self.pending), writer.batch.key, writer.batch.records
 
     @property
     def pending_records(self) -> int:
@@ -148,6 +157,7 @@ class StreamBatches:
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.abandon()
+            self.abandoned = writer.batch
 
 
 def first_bad_record(

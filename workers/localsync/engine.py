@@ -26,6 +26,7 @@ from workers.connectors.errors import ConnectorError, ConnectorExitError, Connec
 from workers.connectors.process import Connector
 from workers.connectors.protocol import (
     STREAM_FIELD,
+    is_stream_state_key,
     log_message,
     message_problem,
     protocol_json,
@@ -39,6 +40,15 @@ from workers.connectors.protocol import (
 from workers.destinations.base import Destination, RecordsRefusedError, StreamTable
 from workers.localsync.batches import Batch, StreamBatches, first_bad_record
 from workers.localsync.commits import Committer, plan_commit
+from workers.localsync.journal import (
+    CommitEntry,
+    Manifest,
+    StagedBatch,
+    StreamManifest,
+    commit_id,
+    write_entry,
+    write_manifest,
+)
 from workers.localsync.planning import (
     CatalogCache,
     StreamPlan,
@@ -76,6 +86,10 @@ class _Attempt:
     # A last line that fails a check but has no newline may have been cut short by the
     # connector's end: the exit status decides what is reported.
     cut_short: ConnectorProtocolError | None = None
+    # Commits journaled so far, and where each stream's staged records stood when the latest
+    # pending STATE covering it arrived (StreamBatches.position).
+    commits: int = 0
+    marks: dict[str, tuple[int, str | None, int]] = field(default_factory=dict)
 
     def connector_log(self, level: str, text: str) -> None:
         self.run_log.write("connector", level, text)
@@ -347,8 +361,12 @@ class LocalSync:
         state = message.state.model_dump(mode="json", exclude_none=True)
         state.pop("sourceStats", None)
         state.pop("destinationStats", None)
-        attempt.pending_states[state_key(state)] = state
+        key = state_key(state)
+        attempt.pending_states[key] = state
         self.seen_states.append(state)
+        for sid, plan in attempt.streams.items():
+            if key == plan.state_key or not is_stream_state_key(key):
+                attempt.marks[sid] = attempt.batches[sid].position()
         pending = sum(b.pending_records for b in attempt.batches.values())
         if pending >= self.batch_records:
             self._commit(attempt, final=False)
@@ -386,11 +404,81 @@ class LocalSync:
         attempt.pending_states.clear()
         attempt.held_states = plan.held
         batches = {sid: attempt.batches[sid].take() for sid in plan.streams}
+        for sid in plan.streams:
+            attempt.marks.pop(sid, None)
         tables = {sid: s.table for sid, s in streams.items()}
         replace = [streams[sid].table for sid in plan.replace]
-        attempt.committer.submit(
-            lambda: self._load(attempt, batches, tables, plan.states, replace, plan.forget)
+        attempt.commits += 1
+        entry = CommitEntry(
+            commit_id=commit_id(self.run_id, attempt.progress.attempt, attempt.commits),
+            batches={
+                sid: [StagedBatch(b.key, b.records) for b in taken]
+                for sid, taken in batches.items()
+            },
+            states=plan.states,
+            forget=plan.forget,
+            replace=plan.replace,
         )
+        # Journaled before it is handed over: a commit that then fails can be finished later.
+        self._journal(attempt, entry)
+        attempt.committer.submit(
+            lambda: self._load(
+                attempt, batches, tables, plan.states, replace, plan.forget, entry.commit_id
+            )
+        )
+
+    def _journal(self, attempt: _Attempt, entry: CommitEntry) -> None:
+        """Stage a commit's journal entry (and, before the first, the attempt's manifest)."""
+        if attempt.commits == 1:
+            write_manifest(
+                self.store,
+                self.prefix,
+                Manifest(
+                    run_id=self.run_id,
+                    attempt=attempt.progress.attempt,
+                    reset=attempt.reset,
+                    streams=[
+                        StreamManifest(
+                            sid=sid,
+                            state_key=s.state_key,
+                            table=s.table,
+                            config=s.config.model_dump(mode="json"),
+                        )
+                        for sid, s in attempt.streams.items()
+                    ],
+                ),
+            )
+        write_entry(self.store, self.prefix, attempt.progress.attempt, entry)
+
+    def _journal_received(self, attempt: _Attempt) -> None:
+        """After a failure: journal the states received but never handed to a commit, with the
+        records they cover (up to where each stream stood when its state arrived)."""
+        streams = attempt.streams
+        plan = plan_commit(
+            attempt.pending_states,
+            attempt.held_states,
+            {sid: s.state_key for sid, s in streams.items()},
+            {sid for sid, s in streams.items() if s.table.replace},
+            final=False,
+        )
+        if not plan.states:
+            return
+        covered: dict[str, list[StagedBatch]] = {}
+        for sid in plan.streams:
+            closed, open_key, open_records = attempt.marks.get(sid, (0, None, 0))
+            staged = attempt.batches[sid]
+            files = [*staged.pending, *([staged.abandoned] if staged.abandoned else [])]
+            covered[sid] = [StagedBatch(b.key, b.records) for b in files[:closed]]
+            if open_key is not None and open_records:
+                covered[sid].append(StagedBatch(open_key, open_records))
+        attempt.commits += 1
+        entry = CommitEntry(
+            commit_id=commit_id(self.run_id, attempt.progress.attempt, attempt.commits),
+            batches=covered,
+            states=plan.states,
+            handed_over=False,
+        )
+        self._journal(attempt, entry)
 
     def _load(
         self,
@@ -400,6 +488,7 @@ class LocalSync:
         states: list[dict[str, Any]],
         replace: list[StreamTable],
         forget: list[str],
+        commit_id: str,
     ) -> None:
         """One commit, in the commit thread. Records the destination refuses are named by
         their stdout line (DuckDB's own text may quote values: it goes into the run's log)."""
@@ -418,6 +507,7 @@ class LocalSync:
                     replace=replace,
                     forget=forget,
                     counts=counts,
+                    commit_id=commit_id,
                 )
             except RecordsRefusedError as refused:
                 bad = first_bad_record(batches, paths, f"connector {self.connector.name} read")
@@ -449,6 +539,9 @@ class LocalSync:
             for b in attempt.batches.values()
             if b.writer is not None
         ]
+        steps.append(
+            ("journaling the states received for a replay", lambda: self._journal_received(attempt))
+        )
         steps.append(("waiting for the commits handed over", attempt.committer.close))
         steps.append(
             (
