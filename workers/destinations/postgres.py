@@ -40,8 +40,8 @@ is named after the stream, or ``<namespace>.<name>`` (one identifier) when it ha
 so that every table of a connection is in its schema; a run-scoped table is ``<that>__sluice_
 <run>``, shortened by the same rule. A property whose column would be another's (after the
 rule) or a metadata column's is not loaded, the first one kept; two streams of a run whose
-tables would be one, or a stream whose table would be ``_sluice_state`` or ``_sluice_run_counts``,
-are refused (InvalidConnection).
+tables would be one, or a stream whose table would be one of Sluice's own (``_sluice_state``,
+``_sluice_run_counts``, ``_sluice_commits``), are refused (InvalidConnection).
 
 Values. Text is read as PostgreSQL's ``jsonb`` reads it: a ``\\u0000`` in a string is dropped
 (PostgreSQL text cannot hold NUL), and a string with a lone UTF-16 surrogate is refused. Casts
