@@ -113,6 +113,7 @@ REFUSED_FAILURE_TYPES = frozenset(
         "InvalidConnectionsFile",
         "InvalidConnection",
         "InvalidRequest",
+        "ReplayRefused",
         "MissingSecret",
         "AirbyteConfig",
     }

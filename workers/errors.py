@@ -44,6 +44,13 @@ class InvalidRequestError(SluiceError):
     kind = "InvalidRequest"
 
 
+class ReplayRefusedError(SluiceError):
+    """A failed run cannot be replayed: unknown, did not fail, its staging is gone, or its
+    connection's streams changed since. The message says what to do instead."""
+
+    kind = "ReplayRefused"
+
+
 class ConnectionBusyError(SluiceError):
     """Another run of the connection holds its lock."""
 

@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 
 from workers.activities.airbyte import AirbyteActivities
 from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
+from workers.activities.replay import ReplayActivities
 from workers.activities.sweep import SweepActivities
 from workers.activities.sync import SyncActivities
 from workers.connectors.executors import ConnectorInstaller
@@ -20,6 +21,7 @@ from workers.metadata import MetadataStore
 from workers.purging import Purger
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
+from workflows.replay import ReplayFailedSyncWorkflow
 from workflows.sweep import RetentionSweepWorkflow
 from workflows.sync import SyncConnectionWorkflow
 
@@ -55,8 +57,13 @@ def build_worker(client: Client, settings: Settings) -> Worker:
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[SyncConnectionWorkflow, RetentionSweepWorkflow],
-        activities=[*activities.all(), *airbyte.all(), *sweep.all()],
+        workflows=[SyncConnectionWorkflow, ReplayFailedSyncWorkflow, RetentionSweepWorkflow],
+        activities=[
+            *activities.all(),
+            *ReplayActivities(activities).all(),
+            *airbyte.all(),
+            *sweep.all(),
+        ],
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         interceptors=[ErrorReporting()],

@@ -21,6 +21,8 @@ __all__ = [
     "PurgeInput",
     "PurgeReceipt",
     "RecordRunInput",
+    "ReplayOutcome",
+    "ReplayRequest",
     "RetainMetadataInput",
     "RunPlan",
     "RunStatus",
@@ -46,6 +48,8 @@ class ActivityName:
     AIRBYTE_WAIT_JOB = "airbyte_wait_job"
     AIRBYTE_CANCEL_JOB = "airbyte_cancel_job"
     AIRBYTE_RETAIN_METADATA = "airbyte_retain_metadata"
+    PLAN_REPLAY = "plan_replay"
+    REPLAY_STAGED = "replay_staged"
     SWEEP_RETAINED_LOGS = "sweep_retained_logs"
     SWEEP_FAILED_STAGING = "sweep_failed_staging"
 
@@ -66,6 +70,23 @@ class SyncRequest(BaseModel):
     )
     streams: list[str] | None = Field(
         default=None, description="Sync only these streams of the connection."
+    )
+
+
+class ReplayRequest(BaseModel):
+    """Input of ReplayFailedSyncWorkflow, typed by operators as JSON in the Temporal UI.
+
+    Example: ``{"run_id": "0193..."}`` or ``{"run_id": "0193...", "continue": false}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    run_id: str = Field(min_length=1, description="The failed run to finish.")
+    continue_: bool = Field(
+        default=True,
+        alias="continue",
+        description="After the replay, sync on from the now-committed state (a normal "
+        "incremental sync), so that the connection ends as current as a fresh sync leaves it.",
     )
 
 
@@ -133,6 +154,26 @@ class RetainMetadataInput(BaseModel):
 
 class PurgeInput(BaseModel):
     plan: RunPlan
+    of_run: str | None = Field(
+        default=None,
+        description="Purge this (failed) run's staging under the plan's staging root, with a "
+        "receipt of its own, instead of the plan's run's: a replay purges the run it finished.",
+    )
+
+
+class ReplayOutcome(BaseModel):
+    """What a replay committed from the failed run's staging, without the connector."""
+
+    records: dict[str, int] = Field(default_factory=dict, description="By stream.")
+    commits: int = 0
+    already_committed: int = Field(default=0, description="Commits the failed run had done.")
+    states: int = 0
+    dropped_batches: int = Field(
+        default=0, description="Staged batch files (or their tails) no STATE covered."
+    )
+    dropped_streams: list[str] = Field(
+        default_factory=list, description="Replaced (overwrite) streams, left to the next read."
+    )
 
 
 class RecordRunInput(BaseModel):
@@ -169,6 +210,14 @@ class SyncSummary(BaseModel):
     log_uri: str | None
     duration_seconds: float
     warnings: list[str] = Field(default_factory=list)
+    kind: Literal["sync", "replay"] = "sync"
+    replay_of: str | None = None
+    replay: ReplayOutcome | None = Field(
+        default=None, description="A replay: what it committed from the failed run's staging."
+    )
+    replayed_receipt_id: str | None = Field(
+        default=None, description="A replay: the receipt of the failed run's staging purge."
+    )
 
 
 class SweepRequest(BaseModel):

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -33,6 +33,7 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from workflows import search_attributes
     from workflows.models import (
         ActivityName,
         AirbyteJobInput,
@@ -41,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         PurgeInput,
         PurgeReceipt,
         RecordRunInput,
+        ReplayOutcome,
         RetainMetadataInput,
         RunPlan,
         RunStatus,
@@ -52,7 +54,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 _QUICK = timedelta(minutes=2)
-_RETRY = RetryPolicy(
+RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
@@ -69,13 +71,16 @@ _RECORD_RETRY = RetryPolicy(
 
 T = TypeVar("T")
 
+# Runs recorded before the search attributes existed replay without setting them.
+_SEARCH_ATTRIBUTES_PATCH = "search-attributes"
 
-class _RunFailed(Exception):
+
+class RunFailed(Exception):
     """The run failed for a reason this workflow decided (not an activity's own failure)."""
 
 
 @dataclass
-class _RunEnd:
+class RunEnd:
     """How the run is ending, gathered as it goes; recorded once, at the end."""
 
     started_at: datetime
@@ -86,9 +91,11 @@ class _RunEnd:
     committed: bool = False
     warnings: list[str] = field(default_factory=list)
     cancel_requested: bool = False
+    replay: ReplayOutcome | None = None  # a replay: what it committed from staging
+    replayed_receipt: PurgeReceipt | None = None  # a replay: the failed run's purge
 
 
-def _failure_message(error: BaseException) -> str:
+def failure_message(error: BaseException) -> str:
     cause = error.cause if isinstance(error, ActivityError) and error.cause else error
     return str(getattr(cause, "message", None) or cause)
 
@@ -123,22 +130,44 @@ class SyncConnectionWorkflow:
 
     @workflow.run
     async def run(self, request: SyncRequest) -> SyncSummary:
-        end = _RunEnd(started_at=workflow.now())
-        self._phase = "planning"
+        self._mark(search_attributes.CONNECTION, request.connection_id)
+        self._mark(search_attributes.RUN_KIND, "sync")
+        return await self._execute(ActivityName.PLAN_RUN, request, reset=request.reset)
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
+        workflow.set_current_details(f"Phase: {phase}")
+
+    def _mark(self, key: SearchAttributeKey[str], value: str) -> None:
+        """Set one of Sluice's search attributes (workflows/search_attributes.py)."""
+        if workflow.patched(_SEARCH_ATTRIBUTES_PATCH):
+            workflow.upsert_search_attributes([key.value_set(value)])
+
+    async def _execute(self, plan_activity: str, plan_input: object, *, reset: bool) -> SyncSummary:
+        """Plan (taking the connection's lock), run, and record the run once, whatever
+        happens after the plan."""
+        end = RunEnd(started_at=workflow.now())
+        self._set_phase("planning")
         # Before the plan holds the lock there is nothing to record or give back; a plan
         # cancelled after taking the lock leaves it to the next run or the sweep, which see
         # that this workflow is no longer running.
-        plan: RunPlan = await workflow.execute_activity(
-            ActivityName.PLAN_RUN,
-            request,
-            result_type=RunPlan,
-            start_to_close_timeout=_QUICK,
-            retry_policy=_RETRY,
-        )
         try:
-            await self._run(plan, request, end)
+            plan: RunPlan = await workflow.execute_activity(
+                plan_activity,
+                plan_input,
+                result_type=RunPlan,
+                start_to_close_timeout=_QUICK,
+                retry_policy=RETRY,
+            )
+        except ActivityError:
+            self._mark(search_attributes.RUN_STATUS, "refused")
+            raise
+        self._mark(search_attributes.CONNECTION, plan.connection_id)
+        self._mark(search_attributes.BACKEND, plan.backend)
+        try:
+            await self._run(plan, reset, end)
         except (
-            _RunFailed,
+            RunFailed,
             ActivityError,
             ApplicationError,
             CancelledError,
@@ -149,10 +178,11 @@ class SyncConnectionWorkflow:
             # Cancelled while what follows the commit ran to completion.
             end.status = "cancelled"
         await self._record(plan, end)
+        self._mark(search_attributes.RUN_STATUS, end.status)
         return self._summary(plan, end)
 
-    def _end_with(self, end: _RunEnd, plan: RunPlan, error: BaseException) -> None:
-        if isinstance(error, _RunFailed):
+    def _end_with(self, end: RunEnd, plan: RunPlan, error: BaseException) -> None:
+        if isinstance(error, RunFailed):
             end.status, end.error = "failed", str(error)
         elif is_cancelled_exception(error):
             end.status, end.error = "cancelled", "the run was cancelled"
@@ -160,18 +190,18 @@ class SyncConnectionWorkflow:
             end.status = "timed_out"
             end.error = f"the sync passed its deadline of {plan.job_timeout_hours:g} h"
         else:
-            end.status, end.error = "failed", _failure_message(error)
+            end.status, end.error = "failed", failure_message(error)
 
-    async def _run(self, plan: RunPlan, request: SyncRequest, end: _RunEnd) -> None:
+    async def _run(self, plan: RunPlan, reset: bool, end: RunEnd) -> None:
         # The deadline bounds the sync across all its attempts, not each attempt.
         deadline = end.started_at + timedelta(hours=plan.job_timeout_hours)
         if plan.backend == "airbyte":
             end.outcome = await self._sync_airbyte(plan, deadline, end)
         else:
-            end.outcome = await self._sync_local(plan, request, deadline, end)
+            end.outcome = await self._sync_local(plan, reset, deadline, end)
         end.committed = True
 
-        self._phase = "retaining metadata"
+        self._set_phase("retaining metadata")
         try:
             await self._to_completion(
                 workflow.execute_activity(
@@ -182,16 +212,16 @@ class SyncConnectionWorkflow:
                     if plan.backend == "airbyte"
                     else RetainMetadataInput(plan=plan, streams=end.outcome.streams),
                     start_to_close_timeout=_QUICK,
-                    retry_policy=_RETRY,
+                    retry_policy=RETRY,
                 ),
                 end,
             )
         except ActivityError as err:
-            end.warnings.append(f"metadata not retained: {_failure_message(err)}")
+            end.warnings.append(f"metadata not retained: {failure_message(err)}")
 
         if plan.staging_uri is None:
             return
-        self._phase = "purging staging"
+        self._set_phase("purging staging")
         try:
             receipt: PurgeReceipt = await self._to_completion(
                 workflow.execute_activity(
@@ -200,17 +230,21 @@ class SyncConnectionWorkflow:
                     result_type=PurgeReceipt,
                     start_to_close_timeout=timedelta(hours=6),
                     heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
-                    retry_policy=_RETRY,
+                    retry_policy=RETRY,
                 ),
                 end,
             )
         except ActivityError as err:
-            raise _RunFailed(f"purge failed: {_failure_message(err)}") from None
+            raise RunFailed(f"purge failed: {failure_message(err)}") from None
         end.receipt = receipt
         if not receipt.verified_empty:
-            raise _RunFailed("purge verification found objects left under the staging prefix")
+            raise RunFailed("purge verification found objects left under the staging prefix")
+        await self._after_purge(plan, end)
 
-    async def _to_completion(self, operation: Awaitable[T], end: _RunEnd) -> T:
+    async def _after_purge(self, plan: RunPlan, end: RunEnd) -> None:
+        """What a run purges besides its own staging (a replay: the failed run's)."""
+
+    async def _to_completion(self, operation: Awaitable[T], end: RunEnd) -> T:
         """Await an activity that a cancellation of the run must not interrupt; the
         cancellation is noted, and the run ends cancelled once the activity is done."""
         task = asyncio.ensure_future(operation)
@@ -222,8 +256,8 @@ class SyncConnectionWorkflow:
                     raise
                 end.cancel_requested = True
 
-    async def _record(self, plan: RunPlan, end: _RunEnd) -> None:
-        self._phase = "writing receipt"
+    async def _record(self, plan: RunPlan, end: RunEnd) -> None:
+        self._set_phase("writing receipt")
         scrub = end.outcome.scrub if end.outcome else None
         if scrub is not None and scrub.retain_error:
             end.warnings.append(f"log not retained: {scrub.retain_error}")
@@ -249,9 +283,9 @@ class SyncConnectionWorkflow:
             ),
             end,
         )
-        self._phase = end.status
+        self._set_phase(end.status)
 
-    def _summary(self, plan: RunPlan, end: _RunEnd) -> SyncSummary:
+    def _summary(self, plan: RunPlan, end: RunEnd) -> SyncSummary:
         if end.status == "cancelled":
             # Raised only now, so that the workflow ends CANCELED after it was recorded.
             raise CancelledError(f"sync of connection {plan.connection_id!r} cancelled")
@@ -284,18 +318,22 @@ class SyncConnectionWorkflow:
             log_uri=scrub.log_uri if scrub else None,
             duration_seconds=(workflow.now() - end.started_at).total_seconds(),
             warnings=end.warnings,
+            kind=plan.kind,
+            replay_of=plan.replay_of,
+            replay=end.replay,
+            replayed_receipt_id=end.replayed_receipt.receipt_id if end.replayed_receipt else None,
         )
 
     async def _sync_local(
-        self, plan: RunPlan, request: SyncRequest, deadline: datetime, end: _RunEnd
+        self, plan: RunPlan, reset: bool, deadline: datetime, end: RunEnd
     ) -> SyncOutcome:
-        self._phase = "syncing"
+        self._set_phase("syncing")
         try:
             outcome: SyncOutcome = await workflow.execute_activity(
                 ActivityName.RUN_SYNC,
-                RunSyncInput(plan=plan, reset=request.reset),
+                RunSyncInput(plan=plan, reset=reset),
                 result_type=SyncOutcome,
-                schedule_to_close_timeout=_remaining(deadline),
+                schedule_to_close_timeout=remaining(deadline),
                 heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(seconds=5), maximum_attempts=plan.sync_attempts
@@ -311,25 +349,25 @@ class SyncConnectionWorkflow:
             raise
         return outcome
 
-    async def _sync_airbyte(self, plan: RunPlan, deadline: datetime, end: _RunEnd) -> SyncOutcome:
-        self._phase = "starting Airbyte job"
+    async def _sync_airbyte(self, plan: RunPlan, deadline: datetime, end: RunEnd) -> SyncOutcome:
+        self._set_phase("starting Airbyte job")
         job: AirbyteJobRef = await workflow.execute_activity(
             ActivityName.AIRBYTE_START_JOB,
             plan,
             result_type=AirbyteJobRef,
             start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=_RETRY,
+            retry_policy=RETRY,
         )
         # From here the job id is in the workflow's history: whatever happens to a worker, no
         # second job is started, and the job is never left running behind a cancelled run.
-        self._phase = f"waiting for Airbyte job {job.job_id}"
+        self._set_phase(f"waiting for Airbyte job {job.job_id}")
         job_input = AirbyteJobInput(plan=plan, job_id=job.job_id)
         try:
             result: AirbyteJobOutcome = await workflow.execute_activity(
                 ActivityName.AIRBYTE_WAIT_JOB,
                 job_input,
                 result_type=AirbyteJobOutcome,
-                schedule_to_close_timeout=_remaining(deadline),
+                schedule_to_close_timeout=remaining(deadline),
                 heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(seconds=2),
@@ -344,28 +382,28 @@ class SyncConnectionWorkflow:
             raise
         if result.status != "succeeded":
             end.outcome = result.sync
-            raise _RunFailed(
+            raise RunFailed(
                 f"Airbyte job {job.job_id} {result.status}: {result.failure or 'no summary'}"
             )
         return result.sync
 
-    async def _cancel_job(self, job_input: AirbyteJobInput, end: _RunEnd) -> None:
+    async def _cancel_job(self, job_input: AirbyteJobInput, end: RunEnd) -> None:
         """Cancel the Airbyte job, even when this run itself is being cancelled."""
-        self._phase = f"cancelling Airbyte job {job_input.job_id}"
+        self._set_phase(f"cancelling Airbyte job {job_input.job_id}")
         try:
             await self._to_completion(
                 workflow.execute_activity(
                     ActivityName.AIRBYTE_CANCEL_JOB,
                     job_input,
                     start_to_close_timeout=timedelta(minutes=5),
-                    retry_policy=_RETRY,
+                    retry_policy=RETRY,
                 ),
                 end,
             )
         except ActivityError as err:
-            end.warnings.append(f"could not cancel Airbyte job: {_failure_message(err)}")
-            workflow.logger.warning("could not cancel Airbyte job: %s", _failure_message(err))
+            end.warnings.append(f"could not cancel Airbyte job: {failure_message(err)}")
+            workflow.logger.warning("could not cancel Airbyte job: %s", failure_message(err))
 
 
-def _remaining(deadline: datetime) -> timedelta:
+def remaining(deadline: datetime) -> timedelta:
     return max(deadline - workflow.now(), timedelta(seconds=1))

@@ -96,7 +96,7 @@ class SyncActivities:
         self.locks = locks
         self.purger = purger
 
-    def _connection(self, connection_id: str) -> Connection:
+    def local_connection(self, connection_id: str) -> Connection:
         """A connection of the local backend."""
         connection = load_connection(self.settings, connection_id)
         if not isinstance(connection, Connection):
@@ -112,34 +112,35 @@ class SyncActivities:
         workflow_id, run_id = info.workflow_id, info.workflow_run_id
         if workflow_id is None or run_id is None:
             raise SluiceError("plan_run plans a workflow's run; it ran outside a workflow")
-        timing = {
-            "heartbeat_timeout_seconds": self.settings.heartbeat_timeout_seconds,
-            "job_timeout_hours": self.settings.job_timeout_hours,
-            "sync_attempts": self.settings.sync_attempts,
-        }
-        plan = self._plan(connection, request, run_id, timing)
+        plan = self.plan(connection, request, run_id)
+        self.take_connection(plan, workflow_id)
+        return plan
+
+    def take_connection(self, plan: RunPlan, workflow_id: str) -> None:
+        """Take the connection's lock for the planned run, or refuse: one run at a time."""
         holder = self.locks.acquire(
-            connection.id,
-            run_id,
+            plan.connection_id,
+            plan.run_id,
             workflow_id=workflow_id,
             # Airbyte stages into one path per connection: never the sweep's to purge.
             staging_target=plan.staging_target if plan.backend == "local" else None,
         )
         if holder is not None:
             raise ConnectionBusyError(
-                f"connection {connection.id!r} is already syncing (run {holder['run_id']}, "
-                f"workflow {holder.get('workflow_id') or 'unknown'}); "
+                f"connection {plan.connection_id!r} is already syncing "
+                f"(run {holder['run_id']}, workflow {holder.get('workflow_id') or 'unknown'}); "
                 "one run of a connection at a time",
             )
-        return plan
 
-    def _plan(
-        self,
-        connection: Connection | AirbyteConnection,
-        request: SyncRequest,
-        run_id: str,
-        timing: dict[str, Any],
+    def plan(
+        self, connection: Connection | AirbyteConnection, request: SyncRequest, run_id: str
     ) -> RunPlan:
+        """The run of a connection: where it stages, which streams, its timings."""
+        timing: dict[str, Any] = {
+            "heartbeat_timeout_seconds": self.settings.heartbeat_timeout_seconds,
+            "job_timeout_hours": self.settings.job_timeout_hours,
+            "sync_attempts": self.settings.sync_attempts,
+        }
         if isinstance(connection, AirbyteConnection):
             if request.streams or request.reset:
                 raise InvalidRequestError(
@@ -185,7 +186,7 @@ class SyncActivities:
         structlog.contextvars.bind_contextvars(
             connection=plan.connection_id, run_id=plan.run_id, activity="run_sync"
         )
-        connection = self._connection(plan.connection_id)
+        connection = self.local_connection(plan.connection_id)
         config = resolve_source_config(connection, self.environ)
         previous = resume_details()
         resume = SyncProgress.model_validate(previous) if previous else None
@@ -312,7 +313,7 @@ class SyncActivities:
 
     @activity.defn(name=ActivityName.RETAIN_METADATA)
     def retain_metadata(self, request: RetainMetadataInput) -> None:
-        connection = self._connection(request.plan.connection_id)
+        connection = self.local_connection(request.plan.connection_id)
         declared = {(s.namespace, s.name): s for s in connection.streams}
         rows = []
         for outcome in request.streams:
@@ -343,7 +344,9 @@ class SyncActivities:
     @activity.defn(name=ActivityName.PURGE_STAGING, no_thread_cancel_exception=True)
     def purge_staging(self, request: PurgeInput) -> PurgeReceipt:
         plan = request.plan
-        receipt_id = f"purge-{plan.run_id}"
+        # A replay purges the failed run it finished too, each run with a receipt of its own.
+        run_id = request.of_run or plan.run_id
+        receipt_id = f"purge-{run_id}"
         existing = self.store.receipt(receipt_id)
         if existing is not None and existing.verified_empty:
             # A retry after the receipt was written: never a second receipt.
@@ -352,9 +355,12 @@ class SyncActivities:
         # connections file named when the run was planned, so a file edited or broken since
         # never stops the purge of data that was already committed.
         assert plan.staging_uri is not None and plan.staging_target is not None
-        target = self.purger.target(
-            plan.staging_target, [plan.staging_uri, *self.settings.purge_allow]
+        staging = (
+            plan.staging_target
+            if request.of_run is None
+            else f"{plan.staging_uri}{plan.connection_id}/{request.of_run}/"
         )
+        target = self.purger.target(staging, [plan.staging_uri, *self.settings.purge_allow])
         # A retry after a worker died mid-purge lists what is left and deletes it; the counts
         # of the interrupted attempt come from its heartbeats.
         before = int(resume_details() or 0)
@@ -365,13 +371,13 @@ class SyncActivities:
             receipt = self.purger.purge(
                 target,
                 receipt_id=receipt_id,
-                run_id=plan.run_id,
+                run_id=run_id,
                 deleted_before=before,
                 on_progress=heartbeater.update,
             )
         log.info(
             "staging purged",
-            run_id=plan.run_id,
+            run_id=run_id,
             objects=receipt.objects_deleted,
             verified_empty=receipt.verified_empty,
         )

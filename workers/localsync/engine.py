@@ -470,7 +470,7 @@ class LocalSync:
             files = [*staged.pending, *([staged.abandoned] if staged.abandoned else [])]
             covered[sid] = [StagedBatch(b.key, b.records) for b in files[:closed]]
             if open_key is not None and open_records:
-                covered[sid].append(StagedBatch(open_key, open_records))
+                covered[sid].append(StagedBatch(open_key, open_records, whole=False))
         attempt.commits += 1
         entry = CommitEntry(
             commit_id=commit_id(self.run_id, attempt.progress.attempt, attempt.commits),

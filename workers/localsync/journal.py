@@ -42,6 +42,7 @@ def commit_id(run_id: str, attempt: int, number: int) -> str:
 class StagedBatch:
     key: str
     records: int  # the file's first `records` records belong to the commit
+    whole: bool = True  # False: the file holds more records, which no STATE covered
 
 
 @dataclass(frozen=True)
