@@ -22,14 +22,18 @@ checked is what a user would trip over first:
 from __future__ import annotations
 
 import copy
+import http.client
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 import tomllib
 import zipfile
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +41,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.support.processes import free_port
 from tests.support.session import REPO
 from workers.cli import main as sluice_main
 from workers.connections import Connection, ConnectionsFile
@@ -50,15 +55,6 @@ SCHEMA_WHEEL = "docker-compose==1.29.2"
 SCHEMA_IN_WHEEL = "compose/config/compose_spec.json"
 SCHEMA_CACHE = REPO / ".cache" / "compose-spec"
 
-# What the codec server reads besides the worker's settings (another part of the project; the
-# names are fixed here so that a typo in the compose file fails a test).
-CODEC_SETTINGS = {
-    "SLUICE_CODEC_TOKEN",
-    "SLUICE_CODEC_ALLOWED_ORIGINS",
-    "SLUICE_CODEC_TLS_CERT",
-    "SLUICE_CODEC_TLS_KEY",
-}
-SLUICE_IMAGE_SERVICES = ("worker", "codec-server")
 
 # Every instruction a Dockerfile may hold (Dockerfile reference).
 DOCKERFILE_INSTRUCTIONS = {
@@ -371,8 +367,13 @@ def test_the_ui_and_the_codec_server_agree(compose: dict[str, Any]) -> None:
     assert endpoint.port in codec_ports, "the UI calls a port the codec server does not publish"
     listens = command_of(codec, "command")
     assert listens[listens.index("--port") + 1] == str(codec_ports[endpoint.port])
-    assert ui_env["TEMPORAL_CODEC_PASS_ACCESS_TOKEN"] == "true"
-    assert ui_env["TEMPORAL_CODEC_INCLUDE_CREDENTIALS"] in ("true", "false")
+    # In a container, the default 127.0.0.1 would be unreachable through the published port.
+    assert listens[listens.index("--host") + 1] == "0.0.0.0"
+    # The operator's session cookie (signed in at the codec server with the token) goes along.
+    assert ui_env["TEMPORAL_CODEC_INCLUDE_CREDENTIALS"] == "true"
+    assert ui_env["TEMPORAL_CODEC_PASS_ACCESS_TOKEN"] in ("true", "false")
+    # The cookie is SameSite=Strict: the UI and the codec server must be on one site.
+    assert endpoint.hostname == "localhost"
 
     # The browser's origin is the UI's published port; the codec server must allow it.
     (ui_port,) = published(ui)
@@ -386,9 +387,74 @@ def test_the_ui_and_the_codec_server_agree(compose: dict[str, Any]) -> None:
     assert "SLUICE_CODEC_TOKEN" in required_variables(str(environment(codec)["SLUICE_CODEC_TOKEN"]))
     # The same keys decrypt what the workers encrypt.
     assert environment(codec)["SLUICE_PAYLOAD_KEYS"] == environment(worker)["SLUICE_PAYLOAD_KEYS"]
-    unknown = {n for n in codec_env if n.startswith("SLUICE_")}
-    assert unknown - settings_env_names() - CODEC_SETTINGS == set()
+    unknown = {n for n in codec_env if n.startswith("SLUICE_")} - settings_env_names()
+    assert unknown == set()
     assert command_of(codec, "entrypoint")[-2:] == ["sluice", "codec-server"]
+
+
+def test_the_codec_server_as_configured_grants_the_ui_and_refuses_without_a_credential(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """`sluice codec-server` with the compose file's command and environment (on loopback and
+    a free port instead of 0.0.0.0:8081): the UI's origin gets CORS with credentials, and a
+    decode without the operator's credential is refused."""
+    codec = compose["services"]["codec-server"]
+    env = resolved_environment(codec, filled_in_host())
+    (ui_port,) = published(compose["services"]["temporal-ui"])
+    argv = command_of(codec, "command")
+    port = free_port()
+    argv[argv.index("--host") + 1] = "127.0.0.1"
+    argv[argv.index("--port") + 1] = str(port)
+    sluice = command_of(codec, "entrypoint")[-2:]
+    assert sluice == ["sluice", "codec-server"]
+    log = tmp_path / "codec.log"
+    with open(log, "wb") as output:
+        server = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "sluice"), *sluice[1:], *argv],
+            env={**os.environ, **env, "SLUICE_STATE_DIR": str(tmp_path)},
+            stdout=output,
+            stderr=output,
+            cwd=tmp_path,  # no .env of the repository
+        )
+    try:
+        origin = f"http://localhost:{ui_port}"
+        preflight = _request(port, "OPTIONS", "/decode", origin, server, log)
+        assert preflight.status in (200, 204)
+        assert preflight.getheader("Access-Control-Allow-Origin") == origin
+        assert preflight.getheader("Access-Control-Allow-Credentials") == "true"
+        refused = _request(port, "POST", "/decode", origin, server, log, b'{"payloads": []}')
+        assert refused.status == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _request(
+    port: int,
+    method: str,
+    path: str,
+    origin: str,
+    server: subprocess.Popen[bytes],
+    log: Path,
+    body: bytes | None = None,
+) -> http.client.HTTPResponse:
+    deadline = time.monotonic() + 30
+    while True:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            connection.request(method, path, body=body, headers=headers)
+            answer = connection.getresponse()
+            answer.read()
+            return answer
+        except ConnectionRefusedError:
+            assert server.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "the codec server did not listen in 30 s"
+            time.sleep(0.1)
+        finally:
+            connection.close()
 
 
 def test_the_search_attributes_runs_set_are_registered(compose: dict[str, Any]) -> None:
