@@ -11,7 +11,6 @@ source leaves them), the connector's reads, both staging prefixes, the receipts,
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,11 @@ from temporalio.exceptions import ApplicationError
 from tests.support.connections import protocol_connector
 from tests.support.postgres import POSTGRES, scratch_database
 from tests.support.processes import wait_until
+from workers.cli import start_replay as cli_start_replay
 from workers.cli import start_sync
 from workers.metadata import MetadataStore
 from workers.settings import Settings
 from workflows.models import ReplayRequest, SyncRequest, SyncSummary
-from workflows.replay import ReplayFailedSyncWorkflow
 
 pytestmark = pytest.mark.temporal
 
@@ -157,12 +156,9 @@ def staged(settings: Settings, run_id: str) -> list[Path]:
 async def start_replay(
     client: Client, settings: Settings, run_id: str, *, continue_: bool = True
 ) -> WorkflowHandle[Any, SyncSummary]:
-    return await client.start_workflow(
-        ReplayFailedSyncWorkflow.run,
-        ReplayRequest(run_id=run_id, continue_=continue_),
-        id=f"replay-{uuid.uuid4().hex[:8]}",
-        task_queue=settings.task_queue,
-    )
+    """As `sluice replay` starts one."""
+    request = ReplayRequest.model_validate({"run_id": run_id, "continue": continue_})
+    return await cli_start_replay(client, settings, request)
 
 
 async def failed_run(client: Client, settings: Settings) -> str:

@@ -86,7 +86,8 @@ from workers.runlog import configure_logging
 from workers.schedules import apply_schedules
 from workers.settings import Settings
 from workers.worker import build_worker
-from workflows.models import SyncRequest, SyncSummary
+from workflows.models import ReplayRequest, SyncRequest, SyncSummary
+from workflows.replay import ReplayFailedSyncWorkflow
 from workflows.sync import SyncConnectionWorkflow
 
 EXAMPLE_CONNECTION = "faker"
@@ -496,6 +497,49 @@ async def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
     return _STATUS_EXIT.get(summary.status, EXIT_FAILED)
 
 
+async def start_replay(
+    client: Client, settings: Settings, request: ReplayRequest
+) -> WorkflowHandle[Any, SyncSummary]:
+    metadata = RunMetadata.for_run("replay", started_by="sluice CLI", replay_of=request.run_id)
+    # One replay of a failed run at a time: a second start fails instead of racing it.
+    return await client.start_workflow(
+        ReplayFailedSyncWorkflow.run,
+        request,
+        id=f"replay-{request.run_id}",
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        execution_timeout=timedelta(days=2),
+        static_summary=metadata.static_summary,
+        static_details=metadata.static_details,
+    )
+
+
+async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Finish a failed run from its staging, then (unless --no-continue) sync on."""
+    request = ReplayRequest.model_validate(
+        {"run_id": args.run_id, "continue": not args.no_continue}
+    )
+    client = await connect(settings, wait_seconds=3)
+    try:
+        handle = await start_replay(client, settings, request)
+    except WorkflowAlreadyStartedError as exc:
+        raise CliError(
+            f"run {request.run_id} is already being replayed as workflow {exc.workflow_id}: "
+            f"{ui_link(settings, exc.workflow_id)}"
+        ) from None
+    link = ui_link(settings, handle.id, handle.result_run_id)
+    say(f"started {handle.id}: {link}")
+    try:
+        summary = await _wait_with_progress(handle, f"replay of run {request.run_id}")
+    except WorkflowFailureError as exc:
+        return report_failure("replay", exc)
+    except asyncio.CancelledError:
+        say(f"stopped waiting; the replay goes on in Temporal: {link}")
+        raise
+    out.print_json(summary.model_dump_json())
+    return _STATUS_EXIT.get(summary.status, EXIT_FAILED)
+
+
 def _where_the_data_is(connection: Connection) -> str:
     destination = connection.destination
     if destination.type == "postgres":
@@ -873,6 +917,17 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--wait", action="store_true", help="wait and print the run summary")
     sync.add_argument("--reset", action="store_true", help="sync from scratch")
     sync.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    replay = sub.add_parser(
+        "replay",
+        help="finish a failed run from its staged data without reading the source again, "
+        "then sync on from the committed state; waits and prints the summary",
+    )
+    replay.add_argument("run_id", help="the failed run (`sluice runs --status failed`)")
+    replay.add_argument(
+        "--no-continue",
+        action="store_true",
+        help="only commit what the failed run staged; do not sync on afterwards",
+    )
     purge = sub.add_parser(
         "purge", help="delete every object and version under a URI, verify, print the receipt"
     )
@@ -1001,6 +1056,7 @@ ASYNC_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any
     "demo": cmd_demo,
     "schedules": cmd_schedules,
     "unlock": cmd_unlock,
+    "replay": cmd_replay,
     "runs": cmd_runs,
     "cancel": cmd_cancel,
 }
