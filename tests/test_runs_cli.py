@@ -359,7 +359,10 @@ async def test_cancel_ends_a_running_sync_cancelled_and_gives_the_connection_bac
     settings = make_settings(
         items_connection(
             slow_connector(tmp_path), tmp_path / "w.duckdb", connection_id=connection_id
-        )
+        ),
+        # A cancellation reaches an activity with its next heartbeat, which the SDK sends at
+        # most every 0.8 heartbeat timeouts (48 s at the default 60 s).
+        heartbeat_timeout_seconds=5,
     )
     await run_worker(settings)
     env = cli_env(settings, temporal_env)
