@@ -11,6 +11,8 @@ source leaves them), the connector's reads, both staging prefixes, the receipts,
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,11 @@ import psycopg
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
 
 from tests.support.connections import protocol_connector
 from tests.support.postgres import POSTGRES, scratch_database
-from tests.support.processes import wait_until
+from tests.support.processes import wait_until, worker_process
 from workers.cli import start_replay as cli_start_replay
 from workers.cli import start_sync
 from workers.metadata import MetadataStore
@@ -323,3 +326,71 @@ async def test_replays_that_cannot_be_done_are_refused_with_what_to_do_instead(
         f"run {done.run_id} of connection 'items' succeeded: only a failed run is replayed"
     )
     assert store.lock_holder("items") is None
+
+
+def slow_writes(dsn: str, seconds: float) -> None:
+    """Every write to the stream's table takes `seconds` (a busy warehouse)."""
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER busy BEFORE INSERT ON items.items "
+            "FOR EACH STATEMENT EXECUTE FUNCTION slow()"
+        )
+
+
+def done_commits(dsn: str, run_id: str) -> int:
+    with psycopg.connect(dsn) as db:
+        row = db.execute(
+            "SELECT count(*) FROM items._sluice_commits WHERE starts_with(commit_id, %s)",
+            [run_id + "/"],
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_a_worker_killed_in_the_middle_of_a_replay_leaves_every_row_exactly_once(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+    warehouse: str,
+) -> None:
+    settings = make_settings(
+        connection(gated_source(tmp_path)),
+        batch_records=10,
+        sync_attempts=1,
+        heartbeat_timeout_seconds=4,
+    )
+    env = {"REPLAY_DSN": warehouse, "SLUICE_BATCH_RECORDS": "10", "SLUICE_SYNC_ATTEMPTS": "1"}
+    workers = [worker_process(settings, temporal_env, tmp_path / "worker-1.log", env)]
+    try:
+        handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
+        await wait_until(lambda: len(ids_or_none(warehouse)) == 10, timeout=120)
+        refuse_writes(warehouse)
+        (tmp_path / "go").touch()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        failed = (await handle.describe()).run_id
+        assert done_commits(warehouse, failed) == 1
+        allow_writes(warehouse)
+        slow_writes(warehouse, 2)
+
+        replay = await start_replay(client, settings, failed)
+        # Kill the worker once the replay committed one staged commit and is in the next.
+        await wait_until(lambda: done_commits(warehouse, failed) == 2, timeout=120)
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].wait()
+        workers.append(worker_process(settings, temporal_env, tmp_path / "worker-2.log", env))
+        summary = await asyncio.wait_for(replay.result(), timeout=300)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=30)
+
+    assert summary.status == "succeeded" and summary.replay_of == failed
+    assert ids(warehouse) == list(range(1, LAST + 1))
+    assert reads(tmp_path) == 2  # the failed run's read, and the sync that continued
+    assert staged(settings, failed) == [] and staged(settings, summary.run_id) == []

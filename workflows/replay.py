@@ -21,7 +21,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 from temporalio.workflow import ActivityCancellationType
 
@@ -76,9 +75,9 @@ class ReplayFailedSyncWorkflow(SyncConnectionWorkflow):
             result_type=ReplayOutcome,
             schedule_to_close_timeout=remaining(deadline),
             heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=5), maximum_attempts=plan.sync_attempts
-            ),
+            # Each staged commit is done once (the destination notes it): a retry after a lost
+            # worker or a warehouse hiccup carries on where the last one stopped.
+            retry_policy=RETRY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         end.replay = replay
