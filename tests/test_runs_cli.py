@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from botocore.client import BaseClient
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
@@ -414,3 +415,16 @@ async def test_cancel_ends_a_running_sync_cancelled_and_gives_the_connection_bac
     record = store.run(second)
     assert record is not None and record["status"] == "cancelled"
     assert store.lock_holder(connection_id) is None
+
+    # Not planned yet (no worker polls its queue): the CLI's sync-CONNECTION is cancelled.
+    idle = settings.model_copy(update={"task_queue": f"idle-{uuid.uuid4().hex[:8]}"})
+    pending = await start_sync(client, idle, SyncRequest(connection_id=connection_id))
+    done = await sluice(["cancel", connection_id], env)
+    assert done.returncode == 0, done.stderr
+    assert f"cancellation requested: run {pending.result_run_id} of connection" in done.stderr
+    history = await pending.fetch_history()
+    assert any(
+        e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED
+        for e in history.events
+    )
+    await pending.terminate("test over")

@@ -750,19 +750,16 @@ async def cancel_run(
     """Request the cancellation of the running run of a connection (`target` a connection id)
     or of the run `target`; NothingRunningError when none runs."""
     lock = metadata.lock_holder(target) or metadata.lock_of_run(target)
+    client = await connect(settings, wait_seconds=3)
     if lock is None:
-        raise NothingRunningError(_nothing_running(metadata, target))
+        # Not locked yet: a sync still planning (or waiting for a worker to plan it), started
+        # by the CLI under the workflow id it gives every sync of the connection.
+        return await _cancel_unplanned(settings, client, metadata, target)
     connection_id, run_id = str(lock["connection_id"]), str(lock["run_id"])
     # Locks taken by older versions name no workflow: the CLI's own id is the one to try.
     workflow_id = lock.get("workflow_id") or f"sync-{connection_id}"
-    client = await connect(settings, wait_seconds=3)
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    try:
-        status = (await handle.describe()).status
-    except RPCError as exc:
-        if exc.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
-            raise
-        status = None
+    status = await _status(handle)
     if status != WorkflowExecutionStatus.RUNNING:
         state = _STATUS_OF_EXECUTION.get(status, "ended") if status else "unknown to Temporal"
         raise NothingRunningError(
@@ -771,9 +768,32 @@ async def cancel_run(
             "gives the lock back"
         )
     await handle.cancel()
-    return Cancellation(
-        run_id, connection_id, workflow_id, ui_link(settings, workflow_id, run_id)
-    ), handle
+    link = ui_link(settings, workflow_id, run_id)
+    return Cancellation(run_id, connection_id, workflow_id, link), handle
+
+
+async def _status(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
+    """The workflow's status; None when Temporal does not know it."""
+    try:
+        return (await handle.describe()).status
+    except RPCError as exc:
+        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            return None
+        raise
+
+
+async def _cancel_unplanned(
+    settings: Settings, client: Client, metadata: MetadataStore, connection_id: str
+) -> tuple[Cancellation, WorkflowHandle[Any, Any]]:
+    workflow_id = f"sync-{connection_id}"
+    latest = client.get_workflow_handle(workflow_id)
+    if await _status(latest) != WorkflowExecutionStatus.RUNNING:
+        raise NothingRunningError(_nothing_running(metadata, connection_id))
+    run_id = (await latest.describe()).run_id
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    await handle.cancel()
+    link = ui_link(settings, workflow_id, run_id)
+    return Cancellation(run_id, connection_id, workflow_id, link), handle
 
 
 def _nothing_running(metadata: MetadataStore, target: str) -> str:
