@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.storage.blob import ContainerClient
 from botocore.client import BaseClient
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
@@ -33,6 +34,7 @@ from workflows.models import SweepRequest, SyncRequest
 from workflows.sweep import RetentionSweepWorkflow
 
 pytestmark = pytest.mark.temporal
+pytest_plugins = ["tests.azurite_server"]
 __all__ = ["bucket", "s3_client", "s3_endpoint"]  # fixtures, imported to be found
 
 SLUICE = str(REPO / ".venv" / "bin" / "sluice")
@@ -332,6 +334,37 @@ async def test_logs_are_read_from_the_store_that_holds_them(
     assert printed.stdout == in_s3 and "[REDACTED:cursor]" in printed.stdout
     assert CURSOR not in printed.stdout
     assert f"s3://{name}/{key}" in printed.stderr
+
+
+async def test_logs_are_read_from_azure_blob_storage(
+    tmp_path: Path,
+    azurite_connection_string: str,
+    azure_container: ContainerClient,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    connection_id = unique("azlogs")
+    settings = make_settings(
+        items_connection(
+            protocol_connector(tmp_path, "source-good", GOOD_READ),
+            tmp_path / "w.duckdb",
+            connection_id=connection_id,
+        ),
+        log_store=f"az://{azure_container.container_name}/logs/",
+        azure_storage_connection_string=azurite_connection_string,
+    )
+    await run_worker(settings)
+    run_id = await run_to_end(client, settings, connection_id)
+    blob = f"logs/{connection_id}/{run_id}/attempt-001.log"
+    in_azure = azure_container.download_blob(blob).readall().decode()
+
+    env = cli_env(settings, temporal_env, AZURE_STORAGE_CONNECTION_STRING=azurite_connection_string)
+    printed = await sluice(["logs", run_id], env)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == in_azure and "[REDACTED:cursor]" in printed.stdout
+    assert CURSOR not in printed.stdout
 
 
 def slow_connector(tmp_path: Path) -> Path:
