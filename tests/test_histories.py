@@ -13,6 +13,7 @@ from temporalio.worker import Replayer
 
 from tests.conftest import HISTORIES_DIR, HISTORY_KEYS
 from workers.codec import data_converter, parse_keys
+from workflows.replay import ReplayFailedSyncWorkflow
 from workflows.sweep import RetentionSweepWorkflow
 from workflows.sync import SyncConnectionWorkflow
 
@@ -26,13 +27,17 @@ def test_every_workflow_kind_has_a_recorded_history() -> None:
         ]["name"]
         for path in HISTORIES
     }
-    assert kinds == {"SyncConnectionWorkflow", "RetentionSweepWorkflow"}
+    assert kinds == {
+        "SyncConnectionWorkflow",
+        "ReplayFailedSyncWorkflow",
+        "RetentionSweepWorkflow",
+    }
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_a_recorded_history_replays(path: Path) -> None:
     replayer = Replayer(
-        workflows=[SyncConnectionWorkflow, RetentionSweepWorkflow],
+        workflows=[SyncConnectionWorkflow, ReplayFailedSyncWorkflow, RetentionSweepWorkflow],
         data_converter=data_converter(parse_keys(HISTORY_KEYS)),
     )
     history = WorkflowHistory.from_json(path.stem, path.read_text(encoding="utf-8"))

@@ -19,17 +19,21 @@ from typing import Any
 
 import psycopg
 import pytest
+import pytest_asyncio
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.support.connections import protocol_connector
+from tests.support.histories import HISTORY_KEYS, save_history
 from tests.support.postgres import POSTGRES, scratch_database
 from tests.support.processes import wait_until, worker_process
 from workers.cli import start_replay as cli_start_replay
 from workers.cli import start_sync
+from workers.codec import data_converter, parse_keys
 from workers.metadata import MetadataStore
 from workers.settings import Settings
+from workers.worker import build_worker
 from workflows.models import ReplayRequest, SyncRequest, SyncSummary
 
 pytestmark = pytest.mark.temporal
@@ -173,15 +177,32 @@ async def failed_run(client: Client, settings: Settings) -> str:
     return description.run_id
 
 
+@pytest_asyncio.fixture
+async def history_client(client: Client) -> Client:
+    """A client (and so its workers) with the fixed key of recorded histories, so that this
+    test's replay can be kept as one (SLUICE_RECORD_HISTORIES=1, tests/histories/README.md)."""
+    return await Client.connect(
+        client.service_client.config.target_host,
+        namespace=client.namespace,
+        data_converter=data_converter(parse_keys(HISTORY_KEYS)),
+    )
+
+
 async def test_a_run_failed_at_the_destination_is_replayed_without_reading_the_source_again(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
-    run_worker: Any,
-    client: Client,
+    history_client: Client,
     warehouse: str,
 ) -> None:
+    client = history_client
     settings = make_settings(connection(gated_source(tmp_path)), batch_records=10, sync_attempts=1)
-    await run_worker(settings)
+    async with build_worker(client, settings):
+        await _replayed_without_reading_the_source_again(tmp_path, settings, client, warehouse)
+
+
+async def _replayed_without_reading_the_source_again(
+    tmp_path: Path, settings: Settings, client: Client, warehouse: str
+) -> None:
     handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
     await wait_until(lambda: len(ids_or_none(warehouse)) == 10, timeout=120)
     refuse_writes(warehouse)
@@ -196,7 +217,9 @@ async def test_a_run_failed_at_the_destination_is_replayed_without_reading_the_s
     assert staged(settings, failed)  # kept for the replay
 
     allow_writes(warehouse)
-    summary = await (await start_replay(client, settings, failed)).result()
+    replay = await start_replay(client, settings, failed)
+    summary = await replay.result()
+    await save_history(replay, "replay-local-succeeded")
 
     # The replay committed the staged commits the failure stopped, without the connector:
     # the only other read is the sync that continues from the replayed state.
