@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
+from purge.receipts import PurgeReceipt
 from tests.s3_server import DUMMY_CREDENTIALS, REGION, bucket, s3_client, s3_endpoint
 from tests.support.connections import items_connection, protocol_connector
+from tests.support.postgres import scratch_database
 from tests.support.processes import wait_until
 from tests.support.session import REPO
 from workers import cli
@@ -33,7 +36,6 @@ from workers.settings import Settings
 from workflows.models import SweepRequest, SyncRequest
 from workflows.sweep import RetentionSweepWorkflow
 
-pytestmark = pytest.mark.temporal
 pytest_plugins = ["tests.azurite_server"]
 __all__ = ["bucket", "s3_client", "s3_endpoint"]  # fixtures, imported to be found
 
@@ -130,6 +132,109 @@ async def run_to_end(client: Client, settings: Settings, connection_id: str) -> 
     return summary.run_id
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataStore]:
+    if request.param == "sqlite":
+        yield MetadataStore.from_url(f"sqlite:///{tmp_path / 'm.db'}")
+        return
+    with scratch_database("sluice_runs") as name:
+        metadata = MetadataStore.from_url(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+        yield metadata
+        metadata.engine.dispose()
+
+
+def receipt(receipt_id: str, verified: bool) -> PurgeReceipt:
+    now = datetime.now(UTC)
+    return PurgeReceipt(
+        receipt_id=receipt_id,
+        target="file:///staging/c/",
+        dry_run=False,
+        started_at=now,
+        finished_at=now,
+        objects_deleted=1,
+        versions_deleted=0,
+        bytes_deleted=1,
+        manifest_sha256="0" * 64,
+        remaining=0 if verified else 1,
+        verified_empty=verified,
+        failures=[],
+        store_settings={},
+    )
+
+
+def test_the_store_lists_runs_newest_first_with_their_purges(store: MetadataStore) -> None:
+    now = datetime.now(UTC)
+    row = {
+        "connection_id": "c",
+        "workflow_id": "sync-c",
+        "finished_at": now,
+        "duration_seconds": 1.0,
+        "incremental": False,
+        "records": 1,
+        "records_by_stream": {"items": 1},
+        "bytes_staged": 0,
+        "redactions": {},
+        "error": None,
+        "committed": False,
+        "warnings": [],
+    }
+    # An old row (kind NULL), a failed run whose logs were swept, a replay whose sweep of its
+    # staging left objects, a run in progress, and a run recorded but not yet unlocked.
+    store.record_run(
+        {
+            **row,
+            "run_id": "r1",
+            "status": "succeeded",
+            "receipt_id": "purge-r1",
+            "started_at": now - timedelta(hours=3),
+        }
+    )
+    store.record_run(
+        {
+            **row,
+            "run_id": "r2",
+            "status": "failed",
+            "receipt_id": None,
+            "started_at": now - timedelta(hours=2),
+            "kind": "sync",
+        }
+    )
+    store.record_run(
+        {
+            **row,
+            "run_id": "r3",
+            "status": "failed",
+            "receipt_id": None,
+            "started_at": now - timedelta(hours=1),
+            "kind": "replay",
+            "connection_id": "d",
+        }
+    )
+    store.record_receipt(receipt("purge-r1", True), "r1")
+    store.record_receipt(receipt("sweep-logs-r2", True), "r2")
+    store.record_receipt(receipt("sweep-staging-r3", False), "r3")
+    store.lock_connection("c", "r4", timedelta(minutes=5), workflow_id="sync-c")
+    store.lock_connection("d", "r3", timedelta(minutes=5), workflow_id="replay-d")
+
+    listed = store.recent_runs()
+    assert [(r["run_id"], r["kind"], r["purge_verified"]) for r in listed] == [
+        ("r3", "replay", False),
+        ("r2", "sync", None),  # the sweep of its logs is no purge of its staging
+        ("r1", "sync", True),
+    ]
+    assert [r["run_id"] for r in store.recent_runs(status="failed", limit=1)] == ["r3"]
+    assert [r["run_id"] for r in store.recent_runs(connection_id="c")] == ["r2", "r1"]
+    assert [r["run_id"] for r in store.running_runs()] == ["r4"]
+    assert store.running_runs("d") == []
+    lock = store.lock_of_run("r4")
+    assert lock is not None and lock["connection_id"] == "c"
+    assert store.lock_of_run("r1") is None
+    assert [r["receipt_id"] for r in store.receipts_of_run("r2")] == ["sweep-logs-r2"]
+    assert [r["receipt_id"] for r in store.receipts_of_run("r1")] == ["purge-r1"]
+    assert store.receipts_of_run("nope") == []
+
+
+@pytest.mark.temporal
 async def test_runs_show_and_logs_of_real_runs(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
@@ -302,6 +407,7 @@ def aws_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[
     yield env
 
 
+@pytest.mark.temporal
 async def test_logs_are_read_from_the_store_that_holds_them(
     tmp_path: Path,
     aws_env: dict[str, str],
@@ -336,6 +442,7 @@ async def test_logs_are_read_from_the_store_that_holds_them(
     assert f"s3://{name}/{key}" in printed.stderr
 
 
+@pytest.mark.temporal
 async def test_logs_are_read_from_azure_blob_storage(
     tmp_path: Path,
     azurite_connection_string: str,
@@ -382,6 +489,7 @@ def slow_connector(tmp_path: Path) -> Path:
     )
 
 
+@pytest.mark.temporal
 async def test_cancel_ends_a_running_sync_cancelled_and_gives_the_connection_back(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
