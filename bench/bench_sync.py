@@ -192,6 +192,8 @@ class TreeSampler:
         for pid in _children(self.root):
             if pid not in self.children:
                 self.children[pid] = [_verb(pid), now, now]
+            elif self.children[pid][0] == "other":  # seen between its fork and its exec
+                self.children[pid][0] = _verb(pid)
             self.children[pid][2] = now
         total = 0
         for pid in _tree(self.root):
@@ -541,7 +543,9 @@ def bench_database(admin_dsn: str) -> Iterator[str]:
             db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-def write_connections(path: Path, faker: str, target: Target) -> None:
+def write_connections(
+    path: Path, faker: str, target: Target, config: dict[str, Any] | None = None
+) -> None:
     """One connection, the same data as the bare read: every stream full_refresh + overwrite."""
     body = [
         "[[connections]]",
@@ -550,7 +554,7 @@ def write_connections(path: Path, faker: str, target: Target) -> None:
         "",
         "[connections.source]",
         f"command = {_toml([faker])}",  # no `package`: nothing is installed
-        f"config = {_toml(FAKER_CONFIG)}",
+        f"config = {_toml(config or FAKER_CONFIG)}",
         "",
         "[connections.destination]",
         *(
@@ -703,7 +707,13 @@ class WorkerProcess:
 
 
 async def sluice_sync(
-    client: Client, settings: Settings, worker: WorkerProcess, server: DevServer, *, reset: bool
+    client: Client,
+    settings: Settings,
+    worker: WorkerProcess,
+    server: DevServer,
+    *,
+    reset: bool,
+    streams: list[str] | None = None,
 ) -> Run:
     """One SyncConnectionWorkflow run, timed from workflow start to result."""
     try:
@@ -712,10 +722,10 @@ async def sluice_sync(
             started = time.perf_counter()
             handle = await client.start_workflow(
                 SyncConnectionWorkflow.run,
-                SyncRequest(connection_id=CONNECTION_ID, reset=reset),
+                SyncRequest(connection_id=CONNECTION_ID, reset=reset, streams=streams),
                 id=f"bench-sync-{uuid.uuid4().hex[:12]}",
                 task_queue=settings.task_queue,
-                execution_timeout=timedelta(minutes=30),
+                execution_timeout=timedelta(hours=2),
                 result_type=SyncSummary,
             )
             summary = await handle.result()
@@ -912,6 +922,8 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
+    if args.counts:
+        return await growth(args, faker, workdir)
     if args.destination != "postgres":
         target = Target("duckdb", workdir / "warehouse.duckdb")
         return await _bench_into(args, faker, workdir, target)
@@ -1034,6 +1046,179 @@ async def _bench_into(args: argparse.Namespace, faker: str, workdir: Path, targe
     if profile_text:
         print(profile_text)
     save(rows, expected, discover_seconds, destination_check, pyab_error, notes)
+    return 1 if problems else 0
+
+
+# -- growth: the same benchmark at several sizes ----------------------------------------------
+
+TARGET_GROWTH_RATIO = 1.10
+TARGET_RSS_GROWTH = 0.20
+
+
+@dataclass
+class SizeResult:
+    count: int
+    records: int
+    expected_from: str
+    bare: Measured
+    sluice: Measured
+    worker_idle_mib: float
+    worker_hwm_mib: float
+    tree_peak_mib: float
+    problems: list[str]
+
+    @property
+    def ratio(self) -> float:
+        return self.sluice.seconds / self.bare.seconds
+
+
+def expected_counts(
+    faker: str, config: Path, catalog: Path, count: int, measure: bool
+) -> tuple[Counter[str], str]:
+    """Records per stream: counted in an untimed read, or (for the sizes where that read would
+    cost minutes) source-faker's own arithmetic, which the counted sizes confirm: `count` users,
+    `count` purchases, 100 products."""
+    if measure:
+        return count_records(faker, config, catalog), "counted (untimed read)"
+    return Counter(
+        {"users": count, "purchases": count, "products": 100}
+    ), "users = purchases = count"
+
+
+async def growth(args: argparse.Namespace, faker: str, workdir: Path) -> int:
+    """The sync benchmark at each faker count of --counts: a fresh worker child per size (its
+    VmHWM is that size's peak), a primed catalog cache, then rounds of bare read / Sluice."""
+    counts = [int(c) for c in args.counts.split(",")]
+    results: list[SizeResult] = []
+    with temporal_dev_server(workdir) as server:
+        # One state dir for every size: the payload keys live there, and the client's must be
+        # the workers'. Each size has its own connections file, warehouse and task queue.
+        state_dir = workdir / "sluice-state"
+        client = await connect(
+            Settings(temporal_address=server.address, state_dir=state_dir), wait_seconds=60
+        )
+        server_pid = server.process.pid
+        _say(f"Temporal dev server on {server.address} (pid {server_pid}); sizes {counts}")
+        for count in counts:
+            sizedir = workdir / f"count-{count}"
+            sizedir.mkdir()
+            faker_config = {**FAKER_CONFIG, "count": count}
+            config = sizedir / "config.json"
+            config.write_text(json.dumps(faker_config))
+            catalog, _ = discover_catalog(faker, config, sizedir)
+            expected, expected_from = expected_counts(
+                faker, config, catalog, count, measure=count <= args.count_max
+            )
+            total = sum(expected.values())
+            target = Target("duckdb", sizedir / "warehouse.duckdb")
+            connections = sizedir / "connections.toml"
+            write_connections(connections, faker, target, faker_config)
+            settings = Settings(
+                state_dir=state_dir,
+                connections_file=connections,
+                temporal_address=server.address,
+                task_queue=f"bench-{uuid.uuid4().hex[:8]}",
+            )
+            repeat = args.repeat if count < args.large_from else args.repeat_large
+            bare = Measured(f"bare read, count={count}")
+            sluice = Measured(f"Sluice warm reset=true, count={count}")
+            worker = WorkerProcess(settings, sizedir, None)
+            try:
+                await worker.wait_polling(client)
+                # One small run (products only) discovers and caches this config's catalog and
+                # warms the worker up, as a worker that has run before is.
+                await sluice_sync(
+                    client, settings, worker, server, reset=True, streams=["products"]
+                )
+                idle = _memory_kib(worker.pid)[0] / 1024
+                for number in range(1, repeat + 1):
+                    bare.runs.append(bare_read(faker, config, catalog, total, server_pid))
+                    sluice.runs.append(
+                        await sluice_sync(client, settings, worker, server, reset=True)
+                    )
+                    _say(
+                        f"count={count} round {number}/{repeat}: bare "
+                        f"{bare.runs[-1].seconds:.1f} s, "
+                        f"Sluice {sluice.runs[-1].seconds:.1f} s (worker VmHWM so far "
+                        f"{_memory_kib(worker.pid)[1] / 1024:.0f} MiB)"
+                    )
+                hwm = _memory_kib(worker.pid)[1] / 1024
+                _, problems = check_destination(target, expected)
+            finally:
+                worker.stop()
+            summary_records = sluice.runs[-1].extra["records"]
+            if summary_records != dict(expected):
+                problems.append(f"Sluice's summary {summary_records} != expected {dict(expected)}")
+            results.append(
+                SizeResult(
+                    count,
+                    total,
+                    expected_from,
+                    bare,
+                    sluice,
+                    idle,
+                    hwm,
+                    max(r.peak_mib for r in sluice.runs),
+                    problems,
+                )
+            )
+    return growth_report(results)
+
+
+def growth_report(results: list[SizeResult]) -> int:
+    print()
+    print(
+        f"source-faker {json.dumps({k: v for k, v in FAKER_CONFIG.items() if k != 'count'})}, "
+        f"count as below; all three streams full_refresh; Sluice into DuckDB; "
+        f"{os.cpu_count()} CPUs; load average now {_loadavg()}"
+    )
+    header = (
+        "| records | runs | bare read s | Sluice s | bare records/s | Sluice records/s | "
+        "Sluice / bare | worker idle MiB | worker peak MiB (VmHWM) | worker + connector peak "
+        "MiB | others' CPU s (bare / Sluice) |"
+    )
+    print(header)
+    print("| " + " | ".join(["---:"] * (header.count("|") - 1)) + " |")
+    problems: list[str] = []
+    for r in results:
+        print(
+            f"| {r.records:,} | {len(r.sluice.runs)} | {r.bare.seconds:.2f} | "
+            f"{r.sluice.seconds:.2f} | "
+            f"{r.records / r.bare.seconds:,.0f} | {r.records / r.sluice.seconds:,.0f} | "
+            f"{r.ratio:.2f} | {r.worker_idle_mib:.0f} | {r.worker_hwm_mib:.0f} | "
+            f"{r.tree_peak_mib:.0f} | {r.bare.median(lambda x: x.other_cpu):.1f} / "
+            f"{r.sluice.median(lambda x: x.other_cpu):.1f} |"
+        )
+        problems += [f"count={r.count}: {p}" for p in r.problems]
+    print()
+    for r in results:
+        print(
+            f"  count={r.count}: runs s: bare "
+            + " ".join(f"{x.seconds:.2f}" for x in r.bare.runs)
+            + "; Sluice "
+            + " ".join(f"{x.seconds:.2f}" for x in r.sluice.runs)
+            + f"; expected records: {r.expected_from}"
+        )
+    print()
+    worst = max(r.ratio for r in results)
+    mark = "ok" if worst <= TARGET_GROWTH_RATIO else "MISSED"
+    print(f"Sluice / bare read, worst size: {worst:.2f} (target <= {TARGET_GROWTH_RATIO}) {mark}")
+    growth_rss = results[-1].worker_hwm_mib / results[0].worker_hwm_mib - 1
+    mark = "ok" if growth_rss <= TARGET_RSS_GROWTH else "MISSED"
+    print(
+        f"worker peak RSS, largest / smallest size: {growth_rss:+.0%} "
+        f"(target within {TARGET_RSS_GROWTH:.0%}) {mark}"
+    )
+    print("Sluice runs, seconds per activity (workflow history), median run of each size:")
+    for r in results:
+        phases = r.sluice.runs[len(r.sluice.runs) // 2].extra["phases"]
+        print(f"  count={r.count}: " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+    print("  MISMATCH: " + "; ".join(problems) if problems else "Counts: ok at every size")
+    results_dir = REPO / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"growth-{datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
+    print(f"results written to {path.relative_to(REPO)}")
     return 1 if problems else 0
 
 
@@ -1165,6 +1350,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile-out", type=Path, help="keep the .prof files here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work dir")
     parser.add_argument(
+        "--counts",
+        help="growth: run at each of these faker counts (e.g. 20000,200000,1000000): bare read "
+        "and Sluice warm only, a fresh worker per size, its peak RSS",
+    )
+    parser.add_argument(
+        "--large-from",
+        type=int,
+        default=1_000_000,
+        help="growth: counts from this one up run --repeat-large rounds (default 1,000,000)",
+    )
+    parser.add_argument("--repeat-large", type=int, default=1, help="growth: rounds, large sizes")
+    parser.add_argument(
+        "--count-max",
+        type=int,
+        default=200_000,
+        help="growth: counts up to this one are checked against an untimed counting read",
+    )
+    parser.add_argument(
         "--destination",
         choices=["duckdb", "postgres"],
         default="duckdb",
@@ -1186,7 +1389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker_child:
         return asyncio.run(worker_child(args))
     if not args.faker:
-        parser.error("--faker is required (bench/run finds the connector)")
+        args.faker = find_faker()
     return asyncio.run(bench(args))
 
 
