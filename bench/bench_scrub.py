@@ -22,6 +22,13 @@ registered values measures, in one run:
 Rates are MB/s of input (10^6 bytes), best of ``--repeat`` runs (the machine is shared; the best
 run is the least disturbed one). After the Sluice runs, grep counts the lines of the scrubbed
 output that still hold a registered value of at least four characters: it must say 0.
+
+``--growth`` measures how the scrubber scales instead: one log of the largest ``--growth-sizes``
+(default 100 and 1000 MB) is generated, the smaller sizes are its first N MB (cut at a line
+break), and at 1,000 values each size is scrubbed in a child process of its own (so that its
+peak RSS is its own: VmHWM, and the RSS once the scrubber is built), rounds interleaving the
+sizes, by ``scrub_chunks`` over 1 MiB reads and by the retention path (the file's lines into
+``scrub_chunks``, written through a TextIOWrapper, as ``workers/retained_logs.py`` does).
 """
 
 from __future__ import annotations
@@ -324,6 +331,140 @@ def report(rows: list[Row], size: int, sensitive: int, seconds: float) -> None:
     )
 
 
+# --- growth: the same scrub at 100 MB and 1 GB, each in a child process -------------------------
+
+GROWTH_VALUES = 1_000
+GROWTH_APIS = ("chunks", "retain")
+
+
+def scrub_child(log: Path, values_file: Path, api: str, out: Path) -> int:
+    """In the child: build, scrub, and print seconds and memory as one JSON line."""
+    values = values_file.read_text(encoding="utf-8").splitlines()
+    started = time.perf_counter()
+    scrubber = LogScrubber(cursor_values=values, secrets=(), cursor_fields=("updated_at",))
+    build = time.perf_counter() - started
+    rss_built = _status_kib("VmRSS")
+    started = time.perf_counter()
+    if api == "chunks":
+        sluice_chunks(scrubber, log, out)
+    else:
+        import io
+
+        with (
+            log.open(encoding="utf-8", newline="") as lines,
+            out.open("wb") as raw,
+        ):
+            text = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+            for piece in scrubber.scrub_chunks(lines):
+                text.write(piece)
+            text.flush()
+            text.detach()
+    seconds = time.perf_counter() - started
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "build_seconds": build,
+                "rss_built_kib": rss_built,
+                "hwm_kib": _status_kib("VmHWM"),
+            }
+        )
+    )
+    return 0
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _run_child(log: Path, values_file: Path, api: str, out: Path) -> dict[str, float]:
+    argv = [sys.executable, __file__, "--scrub-child", str(log), str(values_file), api, str(out)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"scrub child failed: {argv}")
+    result = json.loads(output)
+    result["maxrss_kib"] = usage.ru_maxrss
+    out.unlink(missing_ok=True)
+    return result
+
+
+def growth(args: argparse.Namespace, work: Path, values: list[str]) -> None:
+    sizes = sorted(float(x) for x in args.growth_sizes.split(","))
+    largest = work / f"run-{sizes[-1]:g}MB.log"
+    print(f"generating {sizes[-1]:.0f} MB of log text in {work}", file=sys.stderr, flush=True)
+    generate_log(largest, int(sizes[-1] * MB), values[:10], args.seed)
+    logs = {sizes[-1]: largest}
+    for size in sizes[:-1]:
+        path = work / f"run-{size:g}MB.log"
+        with largest.open("rb") as source, path.open("wb") as target:
+            head = source.read(int(size * MB))
+            target.write(head[: head.rfind(b"\n") + 1])
+        logs[size] = path
+    values_file = work / "values.txt"
+    values_file.write_text("".join(f"{v}\n" for v in values[:GROWTH_VALUES]), encoding="utf-8")
+    long_values = work / "long-values.txt"
+    long_values.write_text(
+        "".join(f"{v}\n" for v in values[:GROWTH_VALUES] if len(v) >= MIN_FREE_TEXT_LENGTH),
+        encoding="utf-8",
+    )
+    results: dict[tuple[float, str], list[dict[str, float]]] = {}
+    for number in range(1, args.repeat + 1):
+        for size in sizes:
+            for api in GROWTH_APIS:
+                out = work / "scrubbed.log"
+                result = _run_child(logs[size], values_file, api, out)
+                results.setdefault((size, api), []).append(result)
+                print(
+                    f"  round {number}: {size:g} MB {api}: {result['seconds']:.2f} s, "
+                    f"VmHWM {result['hwm_kib'] / 1024:.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    # The check: nothing registered is left in one scrubbed copy of the largest log.
+    out = work / "scrubbed.log"
+    scrubber = LogScrubber(
+        cursor_values=values[:GROWTH_VALUES], secrets=(), cursor_fields=("updated_at",)
+    )
+    sluice_chunks(scrubber, largest, out)
+    residual = grep_count(long_values, out)
+    out.unlink()
+    print(
+        f"\nscrubber growth, {GROWTH_VALUES:,} values, best of {args.repeat} (MB/s) and the "
+        f"largest peak RSS of the runs; each run a child process; {os.cpu_count()} CPUs; load "
+        f"average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}\n"
+    )
+    print(
+        "| log | API | MB/s (best) | runs s | vs smallest | RSS once built MiB | "
+        "peak RSS MiB (VmHWM) | peak vs smallest |"
+    )
+    print("| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    for api in GROWTH_APIS:
+        base_rate = base_hwm = 0.0
+        for size in sizes:
+            runs = results[(size, api)]
+            actual = logs[size].stat().st_size / MB
+            rate = actual / min(r["seconds"] for r in runs)
+            hwm = max(r["hwm_kib"] for r in runs) / 1024
+            built = max(r["rss_built_kib"] for r in runs) / 1024
+            base_rate = base_rate or rate
+            base_hwm = base_hwm or hwm
+            print(
+                f"| {actual:,.0f} MB | {api} | {rate:.0f} | "
+                + " ".join(f"{r['seconds']:.2f}" for r in runs)
+                + f" | {rate / base_rate - 1:+.0%} | {built:.0f} | {hwm:.0f} | "
+                f"{hwm / base_hwm - 1:+.0%} |"
+            )
+    print(f"\nlines of the scrubbed {sizes[-1]:g} MB log still holding a value: {residual}")
+    print("Targets: peak RSS flat, MB/s within 10% of the smallest size's.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=100, help="log size (default 100)")
@@ -337,7 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="sample str.replace at 10 values too")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--growth", action="store_true", help="scrubber growth: 100 MB vs 1 GB, peak RSS"
+    )
+    parser.add_argument("--growth-sizes", default="100,1000", help="MB, for --growth")
+    parser.add_argument("--scrub-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scrub_child:
+        log, values_file, api, out = args.scrub_child
+        return scrub_child(Path(log), Path(values_file), api, Path(out))
     if shutil.which("grep") is None:
         parser.error("grep is not on PATH")
 
@@ -346,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rng = random.Random(args.seed)
         values = make_values(rng, max(VALUE_COUNTS))
+        if args.growth:
+            growth(args, work, values)
+            return 0
         log = work / "run.log"
         print(f"generating {args.size_mb:.0f} MB of log text in {work}", file=sys.stderr)
         sensitive = generate_log(log, int(args.size_mb * MB), values[:10], args.seed)
