@@ -116,8 +116,20 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def _span(start: datetime | None, end: datetime | None) -> str:
+    """`2026-11-30 10:13:50 -> 10:13:52`: the end's date only when it differs."""
+    if start is None or end is None:
+        return f"{_when(start)} -> {_when(end) if end else '...':<8}"
+    same_day = start.astimezone(UTC).date() == end.astimezone(UTC).date()
+    return (
+        f"{_when(start)} -> {end.astimezone(UTC):%H:%M:%S}"
+        if same_day
+        else (f"{_when(start)} -> {_when(end)}")
+    )
+
+
 def _counts(counts: dict[str, int] | None) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted((counts or {}).items())) or "none"
+    return ", ".join(f"{k}={v}" for k, v in sorted((counts or {}).items()) if v) or "none"
 
 
 # -- sluice runs --------------------------------------------------------------------------------
@@ -593,7 +605,8 @@ def details_text(details: RunDetails) -> str:
         lines.append(f"warning:      {warning}")
     if record:
         by_stream = record.get("records_by_stream") or {}
-        lines.append(f"records:      {record.get('records', 0)} ({len(by_stream)} streams)")
+        streams = f"{len(by_stream)} stream{'' if len(by_stream) == 1 else 's'}"
+        lines.append(f"records:      {record.get('records', 0)} ({streams})")
         lines += [f"  {stream}: {count}" for stream, count in sorted(by_stream.items())]
         lines.append(f"bytes staged: {record.get('bytes_staged', 0)}")
         lines.append(f"redactions:   {_counts(record.get('redactions'))}")
@@ -609,8 +622,7 @@ def details_text(details: RunDetails) -> str:
             outcome += f"; attempt {activity.attempts - 1} failed ({activity.previous_failure})"
         lines.append(
             f"  {activity.phase:<16} {activity.activity:<24} {attempts:<11} "
-            f"{_when(activity.started_at or activity.scheduled_at)} -> "
-            f"{_when(activity.ended_at)}  {outcome}"
+            f"{_span(activity.started_at or activity.scheduled_at, activity.ended_at)}  {outcome}"
         )
     lines.append("receipts:" if details.receipts else "receipts:     none")
     for receipt in details.receipts:
