@@ -173,6 +173,12 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("codec_token", "codec_tls_cert", "codec_tls_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `SLUICE_CODEC_TLS_CERT=` (as a compose file leaves it) means no certificate, not "."
+        return None if isinstance(value, str) and not value.strip() else value
+
     @cached_property
     def state_path(self) -> Path:
         return self.state_dir.expanduser().resolve()
