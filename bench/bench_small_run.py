@@ -159,8 +159,34 @@ class SpanLog:
                 setattr(owner, name, self.wrap(label, function))
 
 
+# What-ifs: a change recommended in a file this bench may not edit, applied in the worker child
+# only, so that its gain is measured side by side with the code as it is.
+WHAT_IFS = {
+    "sqlite-wal": "the SQLite metadata store in WAL mode with synchronous=NORMAL (one fsync "
+    "per checkpoint instead of about four per transaction)",
+}
+
+
+def _sqlite_wal() -> None:
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "connect")
+    def _wal(connection: Any, _record: Any) -> None:
+        if isinstance(connection, sqlite3.Connection):
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+
 def traced_worker_child(args: argparse.Namespace) -> int:
-    SpanLog(args.spans).install()
+    if args.what_if == "sqlite-wal":
+        _sqlite_wal()
+    if args.spans is not None:
+        SpanLog(args.spans).install()
     return asyncio.run(common.worker_child(args))
 
 
@@ -556,9 +582,31 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
         client = await connect(settings, wait_seconds=60)
         extra = [] if args.no_spans else ["--spans", str(spans_path)]
         worker = WorkerProcess(settings, workdir, None, script=Path(__file__), extra_args=extra)
+        what_if: WorkerProcess | None = None
+        what_if_settings = settings.model_copy(update={"task_queue": settings.task_queue + "-w"})
+        what_if_runs: list[Timed] = []
         try:
             await worker.wait_polling(client)
             common._say(f"worker polling (child process {worker.pid})")
+            if args.what_if:
+                # Its own metadata store (a what-if may change the file itself, as WAL does).
+                os.environ["SLUICE_METADATA_URL"] = f"sqlite:///{workdir / 'what-if.db'}"
+                try:
+                    what_if = WorkerProcess(
+                        what_if_settings,
+                        workdir,
+                        None,
+                        script=Path(__file__),
+                        extra_args=[
+                            "--what-if",
+                            args.what_if,
+                            *([] if args.no_spans else ["--spans", str(spans_path) + ".what-if"]),
+                        ],
+                        log_name="worker-what-if.log",
+                    )
+                finally:
+                    del os.environ["SLUICE_METADATA_URL"]
+                await what_if.wait_polling(client)
             first = await sluice_run(client, settings, worker, server)
             common._say(
                 f"first run (discovers, full read; untimed): {first.seconds:.2f} s, "
@@ -566,6 +614,9 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
             )
             second = await sluice_run(client, settings, worker, server)
             common._say(f"warm-up incremental run (untimed): {second.seconds:.2f} s")
+            if what_if is not None:
+                for _ in range(2):  # its first run discovers: its own catalog cache
+                    await sluice_run(client, what_if_settings, what_if, server)
             config, catalog, state = bare_files(faker, workdir, warehouse)
             bare_argv = [
                 faker, "read", "--config", str(config), "--catalog", str(catalog),
@@ -583,12 +634,17 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
                 spec_runs.append(timed_process([faker, "spec"], server.process.pid))
                 bare_runs.append(timed_process(bare_argv, server.process.pid))
                 sluice_runs.append(await sluice_run(client, settings, worker, server))
+                if what_if is not None:
+                    what_if_runs.append(await sluice_run(client, what_if_settings, what_if, server))
                 common._say(
                     f"round {number}: spec {spec_runs[-1].seconds:.2f} s, bare read "
                     f"{bare_runs[-1].seconds:.2f} s, Sluice {sluice_runs[-1].seconds:.2f} s"
+                    + (f", what-if {what_if_runs[-1].seconds:.2f} s" if what_if_runs else "")
                 )
         finally:
             worker.stop()
+            if what_if is not None:
+                what_if.stop()
     result = report(
         spec_runs,
         bare_runs,
@@ -600,6 +656,20 @@ async def _bench(args: argparse.Namespace, faker: str, workdir: Path) -> int:
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / f"small-run-{datetime.now():%Y%m%d-%H%M%S}.json"
+    if what_if_runs:
+        gains = [a.seconds - b.seconds for a, b in zip(sluice_runs, what_if_runs, strict=True)]
+        print(
+            f"\nWhat-if {args.what_if} ({WHAT_IFS[args.what_if]}): Sluice "
+            f"{_median([t.seconds for t in what_if_runs]):.3f} s (median; runs "
+            + " ".join(f"{t.seconds:.2f}" for t in what_if_runs)
+            + f"); gain per round (as is - what-if, paired): median {_median(gains):.3f} s "
+            "(" + " ".join(f"{g:+.3f}" for g in gains) + ")"
+        )
+        result["what_if"] = {
+            "name": args.what_if,
+            "seconds": [t.seconds for t in what_if_runs],
+            "gain_median": _median(gains),
+        }
     result["runs"] = {
         "spec": [t.seconds for t in spec_runs],
         "bare": [t.seconds for t in bare_runs],
@@ -616,6 +686,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--faker", help="the source-faker executable (default: as bench/run)")
     parser.add_argument("--repeat", type=int, default=7, help="rounds (default 7)")
     parser.add_argument("--no-spans", action="store_true", help="do not time inside the worker")
+    parser.add_argument(
+        "--what-if",
+        choices=sorted(WHAT_IFS),
+        help="also run a second worker with this change applied (its own metadata store), "
+        "interleaved with the first: " + "; ".join(f"{k}: {v}" for k, v in WHAT_IFS.items()),
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary work dir")
     # The worker child (internal): bench_sync's, with spans.
     parser.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
@@ -627,8 +703,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_child:
-        if args.spans is None:
-            return asyncio.run(common.worker_child(args))
         return traced_worker_child(args)
     return asyncio.run(bench(args))
 

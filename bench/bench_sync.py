@@ -1165,7 +1165,19 @@ async def growth(args: argparse.Namespace, faker: str, workdir: Path) -> int:
     return growth_report(results)
 
 
-def growth_report(results: list[SizeResult]) -> int:
+def load_growth(path: Path) -> list[SizeResult]:
+    """The results a growth run saved, to print their report again (``--report-from``)."""
+
+    def measured(item: dict[str, Any]) -> Measured:
+        return Measured(item["label"], [Run(**run) for run in item["runs"]])
+
+    return [
+        SizeResult(**{**item, "bare": measured(item["bare"]), "sluice": measured(item["sluice"])})
+        for item in json.loads(path.read_text())
+    ]
+
+
+def growth_report(results: list[SizeResult], save: bool = True) -> int:
     print()
     print(
         f"source-faker {json.dumps({k: v for k, v in FAKER_CONFIG.items() if k != 'count'})}, "
@@ -1174,18 +1186,21 @@ def growth_report(results: list[SizeResult]) -> int:
     )
     header = (
         "| records | runs | bare read s | Sluice s | bare records/s | Sluice records/s | "
-        "Sluice / bare | worker idle MiB | worker peak MiB (VmHWM) | worker + connector peak "
-        "MiB | others' CPU s (bare / Sluice) |"
+        "Sluice / bare | CPU s bare / Sluice | CPU ratio | worker idle MiB | worker peak MiB "
+        "(VmHWM) | worker + connector peak MiB | others' CPU s (bare / Sluice) |"
     )
     print(header)
     print("| " + " | ".join(["---:"] * (header.count("|") - 1)) + " |")
     problems: list[str] = []
     for r in results:
+        cpu_bare = r.bare.median(lambda x: x.cpu_seconds)
+        cpu_sluice = r.sluice.median(lambda x: x.cpu_seconds)
         print(
             f"| {r.records:,} | {len(r.sluice.runs)} | {r.bare.seconds:.2f} | "
             f"{r.sluice.seconds:.2f} | "
             f"{r.records / r.bare.seconds:,.0f} | {r.records / r.sluice.seconds:,.0f} | "
-            f"{r.ratio:.2f} | {r.worker_idle_mib:.0f} | {r.worker_hwm_mib:.0f} | "
+            f"{r.ratio:.2f} | {cpu_bare:.1f} / {cpu_sluice:.1f} | {cpu_sluice / cpu_bare:.2f}"
+            f" | {r.worker_idle_mib:.0f} | {r.worker_hwm_mib:.0f} | "
             f"{r.tree_peak_mib:.0f} | {r.bare.median(lambda x: x.other_cpu):.1f} / "
             f"{r.sluice.median(lambda x: x.other_cpu):.1f} |"
         )
@@ -1214,6 +1229,8 @@ def growth_report(results: list[SizeResult]) -> int:
         phases = r.sluice.runs[len(r.sluice.runs) // 2].extra["phases"]
         print(f"  count={r.count}: " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
     print("  MISMATCH: " + "; ".join(problems) if problems else "Counts: ok at every size")
+    if not save:
+        return 1 if problems else 0
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"growth-{datetime.now():%Y%m%d-%H%M%S}.json"
@@ -1362,6 +1379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--repeat-large", type=int, default=1, help="growth: rounds, large sizes")
     parser.add_argument(
+        "--report-from", type=Path, help="growth: print the report of a saved growth-*.json"
+    )
+    parser.add_argument(
         "--count-max",
         type=int,
         default=200_000,
@@ -1388,6 +1408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker_child:
         return asyncio.run(worker_child(args))
+    if args.report_from:
+        return growth_report(load_growth(args.report_from), save=False)
     if not args.faker:
         args.faker = find_faker()
     return asyncio.run(bench(args))
