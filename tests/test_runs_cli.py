@@ -30,10 +30,10 @@ from tests.support.postgres import scratch_database
 from tests.support.processes import wait_until
 from tests.support.session import REPO
 from workers import cli
-from workers.cli import start_sync
+from workers.cli import start_replay, start_sync
 from workers.metadata import MetadataStore
 from workers.settings import Settings
-from workflows.models import SweepRequest, SyncRequest
+from workflows.models import ReplayRequest, SweepRequest, SyncRequest
 from workflows.sweep import RetentionSweepWorkflow
 
 pytest_plugins = ["tests.azurite_server"]
@@ -392,6 +392,25 @@ async def test_runs_show_and_logs_of_real_runs(
     gone = await sluice(["logs", first], env)
     assert gone.returncode == cli.EXIT_REFUSED
     assert f"is recorded at {log['uri']}, but its store holds no such object" in gone.stderr
+
+    # Replayed: both runs link to each other; the failed run's staging is purged and verified.
+    replay = await start_replay(
+        client, settings, ReplayRequest.model_validate({"run_id": failed, "continue": False})
+    )
+    replayed = await replay.result()
+    assert replayed.status == "succeeded"
+    listed = [r for r in await runs_json([], env) if r["kind"] != "sweep"]
+    assert [(r["run_id"], r["kind"]) for r in listed[:2]] == [
+        (replayed.run_id, "replay"),
+        (second, "sync"),
+    ]
+    assert next(r for r in listed if r["run_id"] == failed)["purge_verified"] is True
+    shown = await sluice(["runs", "show", failed], env)
+    assert f"replayed by:  {replayed.run_id}" in shown.stdout
+    assert "replay with:" not in shown.stdout and f"purge-{failed}: " in shown.stdout
+    shown = await sluice(["runs", "show", replayed.run_id], env)
+    assert f"replay of:    {failed}" in shown.stdout and "kind:         replay" in shown.stdout
+    assert f"{UI}namespaces/default/workflows/replay-{failed}/{replayed.run_id}" in shown.stdout
 
 
 @pytest.fixture

@@ -65,6 +65,8 @@ _EXECUTION_STATUS_QUERY = {
 _PHASE_OF_ACTIVITY = {
     ActivityName.PLAN_RUN: "plan",
     ActivityName.RUN_SYNC: "sync",
+    ActivityName.PLAN_REPLAY: "plan replay",
+    ActivityName.REPLAY_STAGED: "replay staged",
     ActivityName.AIRBYTE_START_JOB: "sync",
     ActivityName.AIRBYTE_WAIT_JOB: "sync",
     ActivityName.AIRBYTE_CANCEL_JOB: "sync",
