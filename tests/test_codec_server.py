@@ -24,11 +24,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.client import ScheduleActionStartWorkflow
 
 from tests.support.processes import free_port
 from tests.support.session import REPO
 from workers.codec import EncryptionCodec, new_key_spec, parse_keys
 from workers.codec_server import SESSION_COOKIE, CodecAccess, CodecServer, tls_context
+from workers.run_metadata import RunMetadata
+from workers.schedules import sync_schedule
+from workers.settings import Settings
 
 TOKEN = "operator-token-0123456789"
 UI = "http://localhost:8233"
@@ -397,3 +401,20 @@ async def test_the_cli_serves_with_a_token(tmp_path: Path) -> None:
         server.terminate()
         _, err = server.communicate(timeout=30)
     assert TOKEN.encode() not in err
+
+
+async def test_run_summaries_stay_readable_without_the_codec(tmp_path: Path) -> None:
+    """A run's summary and details (names only) are plain payloads: the UI shows them without
+    the codec server, and the codec leaves them as they are."""
+    codec = EncryptionCodec(parse_keys(new_key_spec()))
+    schedule = sync_schedule(Settings(state_dir=tmp_path), "faker", "0 * * * *")
+    action = schedule.action
+    assert isinstance(action, ScheduleActionStartWorkflow)
+    assert isinstance(action.static_summary, Payload)
+    assert action.static_summary.metadata["encoding"] == b"json/plain"
+    assert json.loads(action.static_summary.data) == "sync: connection faker"
+    assert await codec.decode([action.static_summary]) == [action.static_summary]
+    replay = RunMetadata.for_run("replay", "faker", started_by="sluice CLI", replay_of="run-1")
+    assert replay.summary == "replay: connection faker (replay of run run-1)"
+    details = json.loads(replay.details_payload().data)
+    assert "**replay of**: run run-1" in details

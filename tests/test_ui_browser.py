@@ -328,6 +328,11 @@ async def test_an_operator_works_in_the_temporal_ui(ui_stack: UiStack, tmp_path:
             stack.client, stack.settings, SyncRequest(connection_id=stack.connection)
         )
         await cli_handle.result()
+        # Its summary is stored in plain text (names only), for the list pages without a codec.
+        described = await cli_handle.describe()
+        summary = described.raw_description.execution_config.user_metadata.summary
+        assert summary.metadata["encoding"] == b"json/plain"
+        assert stack.connection.encode() in summary.data
         await operator.open_run(cli_handle.id, "COMPLETED")
         again = f"like-cli-{suffix}"
         prefilled = await operator.start_like_this_one(again)

@@ -61,12 +61,20 @@ class RunMetadata:
         lines.append(f"**started by**: {started_by}")
         return cls(summary=summary, details="  \n".join(lines))
 
+    def summary_payload(self) -> Payload:
+        return plain_text(self.summary)
+
+    def details_payload(self) -> Payload:
+        return plain_text(self.details)
+
+    # What `static_summary=` and `static_details=` of a start take. The SDK's signatures say
+    # `str`, but it keeps a Payload as it is (and would encrypt a str): see the module's
+    # docstring.
+
     @property
     def static_summary(self) -> str:
-        # The SDK's signature says `str`, but it keeps a Payload as it is (and would encrypt a
-        # str): see the module's docstring.
-        return cast(str, plain_text(self.summary))
+        return cast(str, self.summary_payload())
 
     @property
     def static_details(self) -> str:
-        return cast(str, plain_text(self.details))
+        return cast(str, self.details_payload())
