@@ -29,7 +29,7 @@ from tests.support.connections import items_connection, protocol_connector
 from tests.support.postgres import scratch_database
 from tests.support.processes import wait_until
 from tests.support.session import REPO
-from workers import cli
+from workers import cli, runs_report
 from workers.cli import start_replay, start_sync
 from workers.metadata import MetadataStore
 from workers.settings import Settings
@@ -232,6 +232,48 @@ def test_the_store_lists_runs_newest_first_with_their_purges(store: MetadataStor
     assert [r["receipt_id"] for r in store.receipts_of_run("r2")] == ["sweep-logs-r2"]
     assert [r["receipt_id"] for r in store.receipts_of_run("r1")] == ["purge-r1"]
     assert store.receipts_of_run("nope") == []
+
+
+def test_runs_show_says_why_a_failed_run_cannot_be_replayed() -> None:
+    now = datetime.now(UTC)
+    record = {
+        "run_id": "r1",
+        "connection_id": "shop",
+        "status": "failed",
+        "started_at": now,
+        "finished_at": now,
+        "staging_target": "file:///staging/shop/r1/",
+        "staging_swept_at": None,
+        "committed": False,
+        "replayed_by": None,
+    }
+
+    def shown(**changes: Any) -> str:
+        changed = {**record, **changes}
+        return runs_report.details_text(
+            runs_report.RunDetails(
+                run_id="r1",
+                connection_id="shop",
+                workflow_id="sync-shop",
+                status="failed",
+                record=changed,
+                started_at=now,
+                receipts=[],
+                logs=[],
+                phases=runs_report.Phases(activities=[], unavailable="Temporal unreachable"),
+                ui_link="https://temporal.example.com/ui/namespaces/default/workflows/sync-shop/r1",
+                replay_command=runs_report._replay_command(changed),
+            )
+        )
+
+    assert "replay with:  sluice replay r1" in shown()
+    swept = shown(staging_swept_at=now)
+    assert "replay with:" not in swept
+    assert "replay:       not possible: its staging was swept at " in swept
+    assert "`sluice sync shop` reads the source again" in swept
+    assert "replay:       nothing to replay: the run committed" in shown(committed=True)
+    assert "replay" not in shown(replayed_by="r2").replace("replayed by", "")
+    assert "phases:\n  not available: Temporal unreachable" in shown()
 
 
 @pytest.mark.temporal

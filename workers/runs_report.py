@@ -658,7 +658,19 @@ def details_text(details: RunDetails) -> str:
         lines.append(f"replayed by:  {record['replayed_by']}")
     if details.replay_command:
         lines.append(f"replay with:  {details.replay_command}")
+    elif record.get("status") == "failed" and not record.get("replayed_by"):
+        lines.append(f"replay:       {_why_not_replayable(record)}")
     return "\n".join(lines)
+
+
+def _why_not_replayable(record: dict[str, Any]) -> str:
+    sync = f"`sluice sync {record['connection_id']}` reads the source again"
+    if record.get("committed"):
+        return "nothing to replay: the run committed (its purge failed); the sweep purges it"
+    if record.get("staging_swept_at") is not None:
+        swept = _when(record["staging_swept_at"])
+        return f"not possible: its staging was swept at {swept} UTC; {sync}"
+    return f"not possible: it kept no staging; {sync}"
 
 
 # -- sluice logs --------------------------------------------------------------------------------
