@@ -415,6 +415,8 @@ async def test_run_summaries_stay_readable_without_the_codec(tmp_path: Path) -> 
     assert json.loads(action.static_summary.data) == "sync: connection faker"
     assert await codec.decode([action.static_summary]) == [action.static_summary]
     replay = RunMetadata.for_run("replay", "faker", started_by="sluice CLI", replay_of="run-1")
-    assert replay.summary == "replay: connection faker (replay of run run-1)"
+    assert replay.summary == "replay of run run-1 (connection faker)"
+    started_by_cli = RunMetadata.for_run("replay", started_by="sluice CLI", replay_of="run-1")
+    assert started_by_cli.summary == "replay of run run-1"
     details = json.loads(replay.details_payload().data)
     assert "**replay of**: run run-1" in details

@@ -43,12 +43,14 @@ class RunMetadata:
         streams: list[str] | None = None,
         replay_of: str | None = None,
     ) -> RunMetadata:
-        subject = f"connection {connection_id}" if connection_id else "all connections"
-        summary = f"{kind}: {subject}"
         if replay_of:
-            summary += f" (replay of run {replay_of})"
-        elif reset:
-            summary += " (reset)"
+            summary = f"{kind} of run {replay_of}"
+            if connection_id:
+                summary += f" (connection {connection_id})"
+        elif connection_id:
+            summary = f"{kind}: connection {connection_id}" + (" (reset)" if reset else "")
+        else:
+            summary = kind
         lines = [f"**kind**: {kind}"]
         if connection_id:
             lines.append(f"**connection**: {connection_id}")
