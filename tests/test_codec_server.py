@@ -173,6 +173,8 @@ async def test_encode_round_trip(codec_server: Running) -> None:
     assert await codec_server.codec.decode([sealed]) == [typed]
     again = codec_server.decode(answer.body, Authorization=f"Bearer {TOKEN}")
     assert payloads_of(again) == [typed]
+    empty = codec_server.decode(b"{}", Authorization=f"Bearer {TOKEN}")
+    assert empty.status == 200 and empty.json() == {"payloads": []}
 
 
 def test_the_preflight_answers_the_ui_without_a_token(codec_server: Running) -> None:

@@ -194,8 +194,9 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 class _CodecHandler(BaseHTTPRequestHandler):
     server: CodecServer
     protocol_version = "HTTP/1.1"
-    server_version = "sluice-codec"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return "sluice-codec"
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -278,7 +279,8 @@ class _CodecHandler(BaseHTTPRequestHandler):
         except PayloadKeyError as exc:
             # Its text names a key id, never a payload's content.
             raise _BadRequest(400, str(exc)) from None
-        answer = json_format.MessageToJson(Payloads(payloads=result), indent=None).encode()
+        # Always a "payloads" list (proto3 JSON would leave an empty one out).
+        answer = json.dumps({"payloads": [json_format.MessageToDict(p) for p in result]}).encode()
         self._send(200, answer, "application/json")
 
     def _authorised(self, origin: str | None) -> bool:
