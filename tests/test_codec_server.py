@@ -29,7 +29,13 @@ from temporalio.client import ScheduleActionStartWorkflow
 from tests.support.processes import free_port
 from tests.support.session import REPO
 from workers.codec import EncryptionCodec, new_key_spec, parse_keys
-from workers.codec_server import SESSION_COOKIE, CodecAccess, CodecServer, tls_context
+from workers.codec_server import (
+    SESSION_COOKIE,
+    CodecAccess,
+    CodecServer,
+    CodecServerConfigError,
+    tls_context,
+)
 from workers.run_metadata import RunMetadata
 from workers.schedules import sync_schedule
 from workers.settings import Settings
@@ -282,6 +288,8 @@ async def test_a_browser_signs_in_once_and_its_cookie_works_from_the_ui_only(
     assert codec_server.decode(body, Cookie=session).status == 401
     forged = session[:-1] + ("0" if session[-1] != "0" else "1")
     assert codec_server.decode(body, Cookie=forged, Origin=UI).status == 401
+    with pytest.raises(CodecServerConfigError, match="too short"):
+        CodecAccess(token="short", allowed_origins=frozenset({UI}))
     # A session signed for another token (the token rotated) is over.
     other = CodecAccess(token=TOKEN + "-new", allowed_origins=frozenset({UI}))
     value = session.split("=", 1)[1]

@@ -55,6 +55,7 @@ SESSION_SECONDS = 12 * 3600
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # What the UI sends (Authorization and Authorization-Extras when it passes its user's token).
 BASE_ALLOWED_HEADERS = ("authorization", "authorization-extras", "content-type", "x-namespace")
+MIN_TOKEN_LENGTH = 16
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 _SESSION_LABEL = b"sluice codec session v1:"
 
@@ -74,8 +75,12 @@ class CodecAccess:
     _session_key: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.token is not None and not self.token.strip():
-            raise CodecServerConfigError("SLUICE_CODEC_TOKEN is empty")
+        if self.token is not None and len(self.token.strip()) < MIN_TOKEN_LENGTH:
+            raise CodecServerConfigError(
+                f"SLUICE_CODEC_TOKEN is too short ({len(self.token.strip())} characters): it is "
+                f"all that guards the payloads; use at least {MIN_TOKEN_LENGTH} random "
+                "characters (`openssl rand -hex 32`)"
+            )
         key = hashlib.sha256(_SESSION_LABEL + (self.token or "").encode()).digest()
         object.__setattr__(self, "_session_key", key)
 
@@ -194,6 +199,7 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 class _CodecHandler(BaseHTTPRequestHandler):
     server: CodecServer
     protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds a silent client may hold its thread
 
     def version_string(self) -> str:
         return "sluice-codec"
@@ -244,6 +250,7 @@ class _CodecHandler(BaseHTTPRequestHandler):
             self._json(exc.status, {"error": exc.message})
         except Exception as exc:  # never a traceback, never a payload in the log
             log.error("codec server: %s on %s: %s", self.command, route, type(exc).__name__)
+            self.close_connection = True  # its body may be unread
             self._json(500, {"error": "internal error"})
 
     def _route(self) -> str:
