@@ -255,6 +255,7 @@ def test_runs_show_says_why_a_failed_run_cannot_be_replayed() -> None:
                 run_id="r1",
                 connection_id="shop",
                 workflow_id="sync-shop",
+                kind="sync",
                 status="failed",
                 record=changed,
                 started_at=now,
@@ -360,6 +361,11 @@ async def test_runs_show_and_logs_of_real_runs(
     assert mine and mine[0]["status"] == "succeeded" and mine[0]["connection_id"] is None
     assert mine[0]["workflow_id"] == sweep.id
     assert all(r["kind"] != "sweep" for r in await runs_json(["--connection", good], env))
+    shown = await sluice(["runs", "show", sweep.result_run_id or ""], env)
+    assert shown.returncode == 0, shown.stderr
+    assert "kind:         sweep" in shown.stdout and "status:       succeeded" in shown.stdout
+    assert " sweep_retained_logs " in shown.stdout and " sweep_failed_staging " in shown.stdout
+    assert f"{UI}namespaces/default/workflows/{sweep.id}/{sweep.result_run_id}" in shown.stdout
 
     # Temporal unreachable: what the metadata store knows is still listed, and the gap said.
     dark = cli_env(settings, temporal_env, SLUICE_TEMPORAL_ADDRESS=f"127.0.0.1:{closed_port()}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from workers.metadata import MetadataStore
 from workers.purging import Purger
 from workers.retained_logs import log_key
 from workers.settings import Settings
+from workflows import search_attributes
 from workflows.models import ActivityName
 
 RUN_STATUSES = ("running", "succeeded", "failed", "cancelled", "timed_out", "terminated")
@@ -81,6 +83,8 @@ _PHASE_OF_ACTIVITY = {
 # What a client call to an unreachable or unwilling Temporal raises: TemporalUnreachableError
 # (and any other failure to connect) is a RuntimeError, a bad address a ValueError.
 _TEMPORAL_ERRORS = (RuntimeError, ValueError, RPCError)
+# What a Temporal run id can be (a UUID), checked before it goes into a visibility query.
+_RUN_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 
 class RunLookupError(LookupError):
@@ -361,6 +365,7 @@ class ActivityAttempts:
 class Phases:
     activities: list[ActivityAttempts]
     workflow_status: str | None = None
+    workflow_type: str | None = None
     unavailable: str | None = None
     """Why the phases could not be read (Temporal unreachable, history gone)."""
 
@@ -368,8 +373,10 @@ class Phases:
 @dataclass
 class RunDetails:
     run_id: str
-    connection_id: str
+    connection_id: str | None
+    """None for a sweep."""
     workflow_id: str
+    kind: str
     status: str
     record: dict[str, Any] | None
     """The run's row; None while it runs."""
@@ -387,7 +394,7 @@ class RunDetails:
             "run_id": self.run_id,
             "connection_id": self.connection_id,
             "workflow_id": self.workflow_id,
-            "kind": record.get("kind") or "sync",
+            "kind": self.kind,
             "status": self.status,
             "started_at": _iso(self.started_at),
             "finished_at": _iso(record.get("finished_at")),
@@ -429,31 +436,66 @@ def _replay_command(record: dict[str, Any] | None) -> str | None:
 
 
 async def run_details(settings: Settings, metadata: MetadataStore, run_id: str) -> RunDetails:
-    """Everything known of one run; RunLookupError when neither its record nor its lock is
-    in the metadata store."""
+    """Everything known of one run: from the metadata store (its record, or its lock while it
+    runs) and its Temporal history; a run the store does not know (a sweep, a run refused
+    before it was planned) from Temporal alone. RunLookupError when neither knows it."""
     record = metadata.run(run_id)
     lock = None if record is not None else metadata.lock_of_run(run_id)
-    if record is None and lock is None:
-        raise RunLookupError(
-            f"unknown run {run_id!r}: the metadata store (SLUICE_METADATA_URL) has no record "
-            "of it and no run in progress with that id; `sluice runs` lists the runs"
-        )
     source = record or lock
-    assert source is not None
+    if source is None:
+        return await _details_from_temporal(settings, run_id)
     connection_id = source["connection_id"]
     workflow_id = source.get("workflow_id") or f"sync-{connection_id}"
+    phases = await _phases(settings, workflow_id, run_id)
     return RunDetails(
         run_id=run_id,
         connection_id=connection_id,
         workflow_id=workflow_id,
+        kind=(record or {}).get("kind")
+        or _KIND_OF_WORKFLOW.get(phases.workflow_type or "", "sync"),
         status=record["status"] if record else "running",
         record=record,
         started_at=record["started_at"] if record else source.get("taken_at"),
         receipts=metadata.receipts_of_run(run_id),
         logs=metadata.retained_logs_of(run_id),
-        phases=await _phases(settings, workflow_id, run_id),
+        phases=phases,
         ui_link=ui_link(settings, workflow_id, run_id),
         replay_command=_replay_command(record),
+    )
+
+
+async def _details_from_temporal(settings: Settings, run_id: str) -> RunDetails:
+    unknown = (
+        f"unknown run {run_id!r}: the metadata store (SLUICE_METADATA_URL) has no record of it "
+        "and no run in progress with that id"
+    )
+    if not _RUN_ID.fullmatch(run_id):
+        raise RunLookupError(f"{unknown}; `sluice runs` lists the runs")
+    try:
+        client = await connect(settings)
+        found = [e async for e in client.list_workflows(f"RunId = '{run_id}'", limit=1)]
+    except _TEMPORAL_ERRORS as exc:
+        raise RunLookupError(
+            f"{unknown}, and Temporal could not be asked ({_temporal_problem(settings, exc)})"
+        ) from None
+    if not found:
+        raise RunLookupError(f"{unknown}, nor has Temporal; `sluice runs` lists the runs")
+    execution = found[0]
+    status = execution.status
+    connection = execution.typed_search_attributes.get(search_attributes.CONNECTION)
+    return RunDetails(
+        run_id=run_id,
+        connection_id=connection,
+        workflow_id=execution.id,
+        kind=_KIND_OF_WORKFLOW.get(execution.workflow_type, execution.workflow_type),
+        status=_STATUS_OF_EXECUTION.get(status, "unknown") if status else "unknown",
+        record=None,
+        started_at=execution.start_time,
+        receipts=[],
+        logs=[],
+        phases=await _phases(settings, execution.id, run_id),
+        ui_link=ui_link(settings, execution.id, run_id),
+        replay_command=None,
     )
 
 
@@ -515,9 +557,12 @@ def activities_of_history(events: Iterable[HistoryEvent]) -> Phases:
     last attempt ends, with that attempt's number and the previous attempt's failure."""
     by_scheduled: dict[int, ActivityAttempts] = {}
     status = "running"
+    workflow_type = None
     for event in events:
         kind = event.event_type
-        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            workflow_type = event.workflow_execution_started_event_attributes.workflow_type.name
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             name = event.activity_task_scheduled_event_attributes.activity_type.name
             by_scheduled[event.event_id] = ActivityAttempts(
                 activity=name,
@@ -548,7 +593,9 @@ def activities_of_history(events: Iterable[HistoryEvent]) -> Phases:
                     activity.failure = _failure_type(ended.failure)
         elif kind in _WORKFLOW_ENDS:
             status = _WORKFLOW_ENDS[kind]
-    return Phases(activities=list(by_scheduled.values()), workflow_status=status)
+    return Phases(
+        activities=list(by_scheduled.values()), workflow_status=status, workflow_type=workflow_type
+    )
 
 
 _ACTIVITY_ENDS = {
@@ -588,9 +635,8 @@ def details_text(details: RunDetails) -> str:
     record = details.record or {}
     lines = [
         f"run:          {details.run_id}",
-        f"connection:   {details.connection_id}",
-        f"kind:         {record.get('kind') or 'sync'}"
-        + (" (reset)" if record.get("reset") else ""),
+        f"connection:   {details.connection_id or '- (every connection)'}",
+        f"kind:         {details.kind}" + (" (reset)" if record.get("reset") else ""),
         f"status:       {details.status}",
         f"started:      {_when(details.started_at)} UTC",
     ]
