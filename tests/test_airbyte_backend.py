@@ -25,9 +25,9 @@ from tests.airbyte_emulator import (
 )
 from tests.airbyte_emulator import airbyte_emulator_fixture as airbyte_emulator_fixture
 from tests.support.processes import wait_until, worker_process
-from workers.cli import start_sync
+from workers.cli import start_replay, start_sync
 from workers.settings import Settings
-from workflows.models import SyncRequest, SyncSummary
+from workflows.models import ReplayRequest, SyncRequest, SyncSummary
 
 pytestmark = pytest.mark.temporal
 
@@ -183,6 +183,38 @@ async def test_failed_job_fails_the_run_and_keeps_staging(
     assert sorted(staging.iterdir()) == files
     run = sluice.metadata.get_run(handle.result_run_id or "")
     assert run is not None and run["status"] == "failed"
+
+
+async def test_a_failed_job_is_replayed_as_a_new_job_that_purges_the_staging(
+    tmp_path: Path,
+    airbyte_emulator: AirbyteEmulator,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+) -> None:
+    emu = airbyte_emulator
+    airbyte_id = add_shop(emu)
+    staging = tmp_path / "destination-staging" / "shop"
+    staged_files(staging)
+    settings = airbyte_settings(make_settings, emu, airbyte_id, staging.as_uri() + "/")
+    emu.script_job(outcome="failed", failure_summary="destination unreachable")
+    sluice = await run_worker(settings)
+    handle = await start_sync(client, settings, SyncRequest(connection_id="shop"))
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    failed = handle.result_run_id or ""
+
+    emu.script_job(rows_synced=7, state_after=stream_state({"orders": {"updated_at": AFTER}}))
+    request = ReplayRequest.model_validate({"run_id": failed})
+    summary = await (await start_replay(client, settings, request)).result()
+
+    # Airbyte resumes from its own committed state: the replay is a new job.
+    assert [job.status for job in emu.jobs] == ["failed", "succeeded"]
+    assert summary.status == "succeeded" and summary.kind == "replay"
+    assert summary.replay_of == failed and summary.verified_empty
+    assert [p for p in staging.rglob("*") if p.is_file()] == []  # the staging path, purged
+    assert sluice.metadata.get_run(failed)["replayed_by"] == summary.run_id
+    assert sluice.metadata.get_run(summary.run_id)["replay_of"] == failed
 
 
 async def test_unknown_airbyte_connection_fails_at_once(
