@@ -215,9 +215,10 @@ class Operator:
         await page.get_by_test_id("start-workflow-button").click()
         await page.get_by_text("Workflow started successfully").first.wait_for()
 
-    async def open_run(self, workflow_id: str, status: str) -> str:
+    async def open_run(self, workflow_id: str, status: str, *, decoded: bool = True) -> str:
         """The run's page, once its status is `status`; returns what its Result panel shows
-        (the result, or the failure), once decoded."""
+        (the result, or the failure), once decoded; with `decoded=False` (no codec server
+        configured), what the Input and Result panels show once the payloads are there."""
         page = self.page
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while True:
@@ -231,6 +232,10 @@ class Operator:
             await page.wait_for_timeout(2_000)
         panel = page.get_by_test_id("input-and-result")
         await panel.wait_for()
+        if not decoded:
+            # Without a codec the UI shows our payloads' data as base64 strings.
+            await page.wait_for_timeout(3_000)
+            return await panel.inner_text()
         # Decoding happens after the page shows: wait until no ciphertext is left on it.
         for _ in range(60):
             text = await panel.inner_text()
@@ -346,7 +351,13 @@ async def test_an_operator_works_in_the_temporal_ui(ui_stack: UiStack, tmp_path:
         assert replay not in listed
 
     # Without the codec server the list pages still tell runs apart: the search attributes
-    # are plain.
+    # are plain. Everything that could carry a value stays ciphertext: the inputs, the
+    # results, the failures' messages.
     async with browser_page(tmp_path) as (_, page):
-        listed = await Operator(page, stack).filter_by_connection(stack.connection)
+        operator = Operator(page, stack)
+        listed = await operator.filter_by_connection(stack.connection)
         assert {form_sync, cli_handle.id, again} <= set(listed), listed
+        shown = await operator.open_run(replay, "FAILED", decoded=False)
+        assert "Encoded failure" in shown and "no-such-run" not in shown, shown
+        shown = await operator.open_run(form_sync, "COMPLETED", decoded=False)
+        assert stack.connection not in shown and "succeeded" not in shown, shown
