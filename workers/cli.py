@@ -880,10 +880,12 @@ def cmd_codec_server(settings: Settings, args: argparse.Namespace) -> int:
 
 CODEC_SERVER_EPILOG = """\
 settings (environment or .env):
-  SLUICE_CODEC_TOKEN            required: the operator token (e.g. `openssl rand -hex 32`)
+  SLUICE_CODEC_TOKEN            required: the operator token, 16 characters or more
+                                (`openssl rand -hex 32`)
   SLUICE_CODEC_ALLOWED_ORIGINS  comma-separated UI origins granted CORS; default
-                                http://localhost:UI_PORT, http://127.0.0.1:UI_PORT and the
-                                origin of SLUICE_TEMPORAL_UI_URL
+                                http://localhost:UI_PORT, http://127.0.0.1:UI_PORT
+                                (SLUICE_TEMPORAL_UI_PORT) and the origin of
+                                SLUICE_TEMPORAL_UI_URL
   SLUICE_CODEC_TLS_CERT, SLUICE_CODEC_TLS_KEY
                                 PEM files: serve https (needed for a UI served over https)
   SLUICE_PAYLOAD_KEYS           the payload keys (the workers' list)
@@ -891,8 +893,9 @@ settings (environment or .env):
 in the Temporal UI (a dev server's UI has no login, so the browser carries the credential):
   1. open http://localhost:8081/ in the browser and paste the token: a session cookie is
      set (12 hours; HttpOnly, SameSite=Strict)
-  2. in the UI, Codec Server settings (the chip at the top of the page, or the settings menu):
-     endpoint http://localhost:8081, tick "Include cross-origin credentials", Apply
+  2. in the UI, open the Codec Server settings (the glasses icon at the top), choose "Use my
+     browser setting", endpoint http://localhost:8081, tick "Include cross-origin
+     credentials", Apply (leave "Pass the user access token" off: it is the UI's SSO token)
   open the UI and the codec server under the same host name (localhost and localhost, or
   hosts of one domain): the cookie is not sent across sites.
 
