@@ -893,9 +893,10 @@ settings (environment or .env):
 in the Temporal UI (a dev server's UI has no login, so the browser carries the credential):
   1. open http://localhost:8081/ in the browser and paste the token: a session cookie is
      set (12 hours; HttpOnly, SameSite=Strict)
-  2. in the UI, open the Codec Server settings (the glasses icon at the top), choose "Use my
-     browser setting", endpoint http://localhost:8081, tick "Include cross-origin
-     credentials", Apply (leave "Pass the user access token" off: it is the UI's SSO token)
+  2. in the UI, open the Codec Server settings (the glasses icon at the top), choose
+     "Use my browser setting", endpoint http://localhost:8081,
+     tick "Include cross-origin credentials", Apply
+     (leave "Pass the user access token" off: that is the UI's SSO token)
   open the UI and the codec server under the same host name (localhost and localhost, or
   hosts of one domain): the cookie is not sent across sites.
 
