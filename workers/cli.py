@@ -868,7 +868,7 @@ def cmd_codec_server(settings: Settings, args: argparse.Namespace) -> int:
         say(
             f"browser: sign in once at {server.url}/, then in the UI's Codec Server settings set "
             f"the endpoint {server.url} and tick 'Include cross-origin credentials'; CLI: "
-            f'--codec-endpoint {server.url} --codec-auth "Bearer $SLUICE_CODEC_TOKEN"'
+            f'TEMPORAL_CODEC_AUTH="Bearer $SLUICE_CODEC_TOKEN" and --codec-endpoint {server.url}'
         )
     sys.stderr.flush()
     try:
@@ -900,9 +900,9 @@ in the Temporal UI (a dev server's UI has no login, so the browser carries the c
   open the UI and the codec server under the same host name (localhost and localhost, or
   hosts of one domain): the cookie is not sent across sites.
 
-from the temporal CLI or a script:
-  temporal workflow show -w ID --codec-endpoint http://localhost:8081 \\
-      --codec-auth "Bearer $SLUICE_CODEC_TOKEN"
+from the temporal CLI or a script (the token in the environment, not in argv):
+  TEMPORAL_CODEC_AUTH="Bearer $SLUICE_CODEC_TOKEN" \\
+      temporal workflow show -w ID --codec-endpoint http://localhost:8081
 """
 
 
