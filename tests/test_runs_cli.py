@@ -305,7 +305,7 @@ async def test_runs_show_and_logs_of_real_runs(
     first = await run_to_end(client, settings, good)
     failed = await run_to_end(client, settings, failing)
     second = await run_to_end(client, settings, good)
-    assert [store.run(r)["status"] for r in (first, failed, second)] == [  # type: ignore[index]
+    assert [store.get_run(r)["status"] for r in (first, failed, second)] == [  # type: ignore[index]
         "succeeded",
         "failed",
         "succeeded",
@@ -375,7 +375,7 @@ async def test_runs_show_and_logs_of_real_runs(
     assert "sweeps not listed: cannot reach Temporal at 127.0.0.1:" in done.stderr
 
     # The failed run: its error, its scrubbed log, the command that replays it, the UI link.
-    record = store.run(failed)
+    record = store.get_run(failed)
     assert record is not None and record["error"]
     [failed_log] = store.retained_logs_of(failed)
     shown = await sluice(["runs", "show", failed], env)
@@ -594,7 +594,7 @@ async def test_cancel_ends_a_running_sync_cancelled_and_gives_the_connection_bac
     assert f"cancellation requested: run {run_id} of connection '{connection_id}'" in done.stderr
     assert f"{UI}namespaces/default/workflows/sync-{connection_id}/{run_id}" in done.stderr
     assert f"run {run_id} ended cancelled" in done.stderr
-    record = store.run(run_id)
+    record = store.get_run(run_id)
     assert record is not None and record["status"] == "cancelled"
     assert store.lock_holder(connection_id) is None
     [listed] = await runs_json(["--connection", connection_id], env)
@@ -620,7 +620,7 @@ async def test_cancel_ends_a_running_sync_cancelled_and_gives_the_connection_bac
     assert done.returncode == 0, done.stderr
     with pytest.raises(WorkflowFailureError):
         await handle.result()
-    record = store.run(second)
+    record = store.get_run(second)
     assert record is not None and record["status"] == "cancelled"
     assert store.lock_holder(connection_id) is None
 

@@ -265,12 +265,6 @@ class MetadataStore:
                 .values(replayed_by=replay_run_id, staging_swept_at=_now())
             )
 
-    def run(self, run_id: str) -> dict[str, Any] | None:
-        """One run's record, or None."""
-        with self.engine.connect() as db:
-            row = db.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
-            return _utc(dict(row)) if row else None
-
     def record_receipt(self, receipt: PurgeReceipt, run_id: str | None) -> None:
         row = receipt.model_dump()
         row["run_id"] = run_id
@@ -510,9 +504,10 @@ class MetadataStore:
         return exists is None
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """One run's record (timestamps in UTC), or None."""
         with self.engine.connect() as db:
             row = db.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
-            return dict(row) if row else None
+            return _utc(dict(row)) if row else None
 
     def get_receipt(self, receipt_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as db:
@@ -632,7 +627,7 @@ class MetadataStore:
     def receipts_of_run(self, run_id: str) -> list[dict[str, Any]]:
         """Every purge receipt recorded for a run, oldest first: its own purge, the sweep's of
         its kept staging and of its retained logs, a replay's of its staging."""
-        record = self.run(run_id)
+        record = self.get_run(run_id)
         condition = purge_receipts.c.run_id == run_id
         if record is not None and record.get("receipt_id"):
             condition = condition | (purge_receipts.c.receipt_id == record["receipt_id"])

@@ -439,7 +439,7 @@ async def run_details(settings: Settings, metadata: MetadataStore, run_id: str) 
     """Everything known of one run: from the metadata store (its record, or its lock while it
     runs) and its Temporal history; a run the store does not know (a sweep, a run refused
     before it was planned) from Temporal alone. RunLookupError when neither knows it."""
-    record = metadata.run(run_id)
+    record = metadata.get_run(run_id)
     lock = None if record is not None else metadata.lock_of_run(run_id)
     source = record or lock
     if source is None:
@@ -739,7 +739,7 @@ def find_log(
     what is missing: the run, any log of it, or that attempt's."""
     logs = metadata.retained_logs_of(run_id)
     if not logs:
-        record = metadata.run(run_id)
+        record = metadata.get_run(run_id)
         if record is None:
             if metadata.lock_of_run(run_id) is not None:
                 raise RunLookupError(
@@ -869,7 +869,7 @@ async def _cancel_unplanned(
 
 
 def _nothing_running(metadata: MetadataStore, target: str) -> str:
-    record = metadata.run(target)
+    record = metadata.get_run(target)
     if record is not None:
         return (
             f"nothing to cancel: run {target} of connection {record['connection_id']!r} is not "
@@ -885,7 +885,7 @@ async def wait_until_recorded(
     that ended without recording itself, how Temporal ended it)."""
     with contextlib.suppress(Exception):  # a cancelled run ends in an error; its record says how
         await handle.result()
-    record = metadata.run(run_id)
+    record = metadata.get_run(run_id)
     if record is not None:
         return str(record["status"])
     status = (await handle.describe()).status

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from workers.activities.airbyte import AirbyteActivities
@@ -18,6 +19,7 @@ from workers.activities.sync import SyncActivities
 from workers.connectors.executors import ConnectorInstaller
 from workers.errors import ErrorReporting
 from workers.metadata import MetadataStore
+from workers.metrics import MetricsReporting, SluiceMetrics
 from workers.purging import Purger
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
@@ -66,5 +68,19 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         ],
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
-        interceptors=[ErrorReporting()],
+        # A cancellation reaches a running activity with the answer to its next heartbeat: the
+        # SDK would send one only every 0.8 x the heartbeat timeout (48 s by default), so that
+        # `sluice cancel` or a deadline would take that long to stop a connector.
+        default_heartbeat_throttle_interval=timedelta(seconds=2),
+        max_heartbeat_throttle_interval=timedelta(seconds=2),
+        interceptors=[
+            ErrorReporting(),
+            # Sluice's metrics, on the meter of the runtime the client (and so the worker)
+            # runs on: exported with the SDK's own when that runtime serves Prometheus.
+            MetricsReporting(SluiceMetrics(_runtime_of(client).metric_meter)),
+        ],
     )
+
+
+def _runtime_of(client: Client) -> Runtime:
+    return client.service_client.config.runtime or Runtime.default()
