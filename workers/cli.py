@@ -56,7 +56,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from purge.errors import PurgeError
 from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
-from workers import runs_report
+from workers import audit, runs_report
 from workers.activities.locks import ConnectionLocks
 from workers.client import (
     SearchAttributesMissingError,
@@ -742,6 +742,17 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    """Look for cursor and record values in everything Sluice retains (workers/audit.py): exit
+    0 when everything was scanned and nothing found, 1 when something was found, 5 when
+    something could not be scanned (and nothing was found)."""
+    report = await audit.run_audit(
+        settings, connection_id=args.connection, sample_rows=args.sample_rows
+    )
+    print(json.dumps(report.as_json(), indent=2) if args.json else audit.report_text(report))
+    return {"clean": EXIT_OK, "found": EXIT_FAILED}.get(report.outcome, EXIT_UNREACHABLE)
+
+
 async def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     """Cancel the running run of a connection, or the run RUN_ID. Nothing running: refused
     (exit 2), as `unlock` is while a run goes on."""
@@ -1014,6 +1025,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve without a token: anyone who reaches the port reads every payload",
     )
+    audit_parser = sub.add_parser(
+        "audit",
+        help="look for cursor and record values in everything Sluice retains (metadata store, "
+        "retained logs, Temporal histories, staging); never prints a value",
+    )
+    audit_parser.add_argument("--connection", help="only this connection's values and staging")
+    audit_parser.add_argument("--json", action="store_true", help="the report as JSON")
+    audit_parser.add_argument(
+        "--sample-rows",
+        type=_positive_int,
+        default=audit.DEFAULT_SAMPLE_ROWS,
+        help=f"rows read back per stream table for record values ({audit.DEFAULT_SAMPLE_ROWS})",
+    )
     demo = sub.add_parser(
         "demo", help="start what is missing, sync the example connection twice, show summaries"
     )
@@ -1063,6 +1087,7 @@ ASYNC_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any
     "replay": cmd_replay,
     "runs": cmd_runs,
     "cancel": cmd_cancel,
+    "audit": cmd_audit,
 }
 
 
