@@ -80,6 +80,7 @@ from workers.connectors.executors import ConnectorInstaller
 from workers.devserver import DevServerError, is_listening, server_command, start_in_background
 from workers.errors import SluiceError
 from workers.metadata import MetadataStore
+from workers.metrics import MetricsPortError, metrics_runtime
 from workers.purging import Purger
 from workers.run_metadata import RunMetadata
 from workers.runlog import configure_logging
@@ -224,6 +225,7 @@ REFUSED_KINDS = REFUSED_FAILURE_TYPES | {
 
 # Errors that are neither Sluice's own nor purge's, and mean "refused".
 REFUSED_ERRORS: tuple[type[BaseException], ...] = (
+    MetricsPortError,
     PayloadKeyError,
     TemporalAddressError,
     SearchAttributesMissingError,
@@ -430,11 +432,14 @@ def cmd_server(settings: Settings, _args: argparse.Namespace) -> int:
     return EXIT_OK  # pragma: no cover
 
 
-async def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
+async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run until SIGINT or SIGTERM, then shut down in order: stop polling, cancel running
     activities and wait for them to end (a sync stops its connector and retains its scrubbed
     log), then let the activity threads go, before the interpreter exits."""
-    client = await connect(settings, wait_seconds=30)
+    port = args.metrics_port or settings.metrics_port
+    # The metrics endpoint listens before anything else starts: a port in use fails at once.
+    runtime = metrics_runtime(port) if port else None
+    client = await connect(settings, wait_seconds=30, runtime=runtime)
     worker = build_worker(client, settings)
     executor = worker.config().get("activity_executor")
     stop = asyncio.Event()
@@ -451,6 +456,8 @@ async def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, request_stop, signum)
     say(f"worker polling {settings.task_queue!r} on {settings.temporal_address}")
+    if port:
+        say(f"metrics on http://0.0.0.0:{port}/metrics")
     run = asyncio.create_task(worker.run())
     stopped = asyncio.create_task(stop.wait())
     try:
@@ -926,7 +933,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("server", help="run the Temporal dev server (persisted in the state dir)")
-    sub.add_parser("worker", help="run a worker on the task queue (SIGINT/SIGTERM: stop in order)")
+    worker = sub.add_parser(
+        "worker", help="run a worker on the task queue (SIGINT/SIGTERM: stop in order)"
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_positive_int,
+        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: "
+        "SLUICE_METRICS_PORT; unset: none)",
+    )
     sync = sub.add_parser("sync", help="start a sync of one connection")
     sync.add_argument("connection")
     sync.add_argument("--wait", action="store_true", help="wait and print the run summary")

@@ -16,6 +16,7 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
 from workers.codec import data_converter
 from workers.settings import Settings
@@ -79,9 +80,12 @@ def unreachable_reason(error: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-async def connect(settings: Settings, wait_seconds: float = 0) -> Client:
+async def connect(
+    settings: Settings, wait_seconds: float = 0, runtime: Runtime | None = None
+) -> Client:
     """A client whose payloads are encrypted before they leave the process. With
-    `wait_seconds`, a server that is still starting is waited for that long. Raises
+    `wait_seconds`, a server that is still starting is waited for that long; with `runtime`
+    (a worker's, serving its metrics: workers/metrics.py), on that runtime. Raises
     `TemporalUnreachableError` (a RuntimeError) when no server answered in time, and
     `TemporalAddressError` (a ValueError) for an address that is not one."""
     deadline = time.monotonic() + wait_seconds
@@ -93,6 +97,7 @@ async def connect(settings: Settings, wait_seconds: float = 0) -> Client:
                 namespace=settings.temporal_namespace,
                 data_converter=converter,
                 connect_timeout=CONNECT_TIMEOUT,
+                runtime=runtime,
             )
             break
         except RuntimeError as exc:

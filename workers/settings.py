@@ -165,6 +165,13 @@ class Settings(BaseSettings):
     codec_tls_key: Path | None = Field(
         default=None, description="PEM private key of the codec server's certificate"
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="`sluice worker` serves Prometheus metrics (the Temporal SDK's and "
+        "Sluice's) on http://0.0.0.0:PORT/metrics; unset: no endpoint",
+    )
 
     @field_validator("purge_allow", "codec_allowed_origins", mode="before")
     @classmethod
@@ -173,7 +180,9 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("codec_token", "codec_tls_cert", "codec_tls_key", mode="before")
+    @field_validator(
+        "codec_token", "codec_tls_cert", "codec_tls_key", "metrics_port", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `SLUICE_CODEC_TLS_CERT=` (as a compose file leaves it) means no certificate, not "."

@@ -28,6 +28,7 @@ import structlog
 from airbyte_api import AirbyteAPI, api, errors, models
 
 from workers.errors import SluiceError
+from workers.metrics import count_airbyte_call
 
 log = structlog.get_logger(__name__)
 
@@ -245,9 +246,12 @@ class AirbyteClient:
         for attempt in range(1, self.server.max_attempts + 1):
             wait: float | None = None
             try:
-                return await call()
+                result = await call()
+                count_airbyte_call(200)  # the SDK (and _config_api) raise for any other status
+                return result
             except errors.SDKError as exc:
                 status = exc.status_code
+                count_airbyte_call(status)
                 message = f"{what}: HTTP {status}: {_problem_message(exc)}"
                 if status == 401 and self.server.auth == "client_credentials" and attempt == 1:
                     # The SDK drops its cached token on a 401 but does not retry.
@@ -261,14 +265,17 @@ class AirbyteClient:
                     wait = _retry_after(exc.headers) if status == 429 else None
                 failure = AirbyteApiError(message, status=status, retryable=True)
             except errors.ResponseValidationError as exc:
+                count_airbyte_call(None)
                 raise AirbyteApiError(
                     f"{what}: Airbyte's answer does not match the API (failing closed): {exc}"
                 ) from None
             except (httpx.TransportError, TimeoutError) as exc:
+                count_airbyte_call(None)
                 failure = AirbyteApiError(f"{what}: {type(exc).__name__}: {exc}", retryable=True)
             except Exception as exc:
                 if "token endpoint" not in str(exc):
                     raise
+                count_airbyte_call(None)
                 # The SDK's client-credentials hook raises a bare Exception for token failures.
                 failure = AirbyteApiError(f"{what}: {exc}", retryable=True)
             if attempt == self.server.max_attempts:
