@@ -1,0 +1,286 @@
+"""`sluice audit` over a real run: a clean run audits clean; a cursor or record value planted in
+each place Sluice retains things (a metadata-store row, a retained log, a Temporal history, a
+staging object left under a finished run's prefix) is found there, named by its place and never
+printed; a store that cannot be reached makes the audit say so and exit non-zero."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import insert, update
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.connections import items_connection, protocol_connector
+from tests.support.session import REPO
+from workers.audit import AuditReport, HitKind, Place, run_audit
+from workers.cli import start_sync
+from workers.metadata import MetadataStore, retained_logs, runs
+from workers.settings import Settings
+from workflows.models import SyncRequest
+from workflows.sync import SyncConnectionWorkflow
+
+pytestmark = pytest.mark.temporal
+
+SLUICE = str(REPO / ".venv" / "bin" / "sluice")
+CURSOR = "2031-05-17T08:09:10Z"
+RECORDS = [f"2031-05-1{i}T07:00:0{i}Z" for i in range(1, 4)]
+READ = f"""
+for i, updated_at in enumerate({RECORDS!r}, start=1):
+    record(i, updated_at)
+state({CURSOR!r})
+emit({{"type": "LOG", "log": {{"level": "INFO", "message": "cursor now at {CURSOR}"}}}})
+"""
+
+
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def sluice_audit(settings: Settings, temporal: WorkflowEnvironment, *args: str) -> Done:
+    """`sluice audit` in a subprocess, configured like `settings`, against the suite's Temporal."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_", "AWS_"))}
+    env.update(
+        SLUICE_STATE_DIR=str(settings.state_path),
+        SLUICE_CONNECTIONS_FILE=str(settings.connections_file),
+        SLUICE_CONNECTORS_DIR=str(settings.connectors_dir),
+        SLUICE_TASK_QUEUE=settings.task_queue,
+        SLUICE_PAYLOAD_KEYS=settings.payload_keys or "",
+        SLUICE_TEMPORAL_ADDRESS=temporal.client.service_client.config.target_host,
+    )
+    env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
+    process = await asyncio.create_subprocess_exec(
+        SLUICE,
+        "audit",
+        *args,
+        env=env,
+        cwd=settings.state_path.parent,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 180)
+    assert process.returncode is not None
+    return Done(process.returncode, stdout.decode(), stderr.decode())
+
+
+def spellings(value: str) -> set[str]:
+    return {value, json.dumps(value)[1:-1], quote(value, safe=""), repr(value)[1:-1]}
+
+
+def assert_never_printed(text: str, *values: str) -> None:
+    for value in values:
+        for form in spellings(value):
+            assert form not in text, f"the audit printed a value ({form!r})"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def hits(report: AuditReport, place: Place) -> list[dict[str, Any]]:
+    return [h.as_json() for h in report.hits if h.place is place]
+
+
+async def test_a_clean_run_audits_clean_and_each_planted_value_is_found_in_its_place(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    connection_id = f"audit-{uuid.uuid4().hex[:8]}"
+    settings = make_settings(
+        items_connection(
+            protocol_connector(tmp_path, "source-audit", READ),
+            tmp_path / "w.duckdb",
+            connection_id=connection_id,
+        )
+    )
+    await run_worker(settings)
+    summary = await (
+        await start_sync(client, settings, SyncRequest(connection_id=connection_id))
+    ).result()
+    assert summary.status == "succeeded" and summary.log_uri
+    run_id = summary.run_id
+
+    # A clean run audits clean: every place scanned, nothing found.
+    clean = await run_audit(settings, client=client)
+    assert clean.outcome == "clean", clean.as_json()
+    looked = clean.connections[connection_id]
+    assert looked.cursor_values == 1  # the committed state's one leaf
+    assert looked.record_values == len(RECORDS) and looked.rows_sampled == len(RECORDS)
+    assert clean.scanned["metadata store rows"] > 0
+    assert clean.scanned["retained logs"] == 1 and clean.scanned["retained log lines"] > 0
+    assert clean.scanned["Temporal histories"] == 1
+    assert clean.scanned["staging roots"] == 1
+    done = await sluice_audit(settings, temporal_env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "result: clean" in done.stdout
+
+    metadata = MetadataStore.from_url(settings.resolved_metadata_url)
+
+    # A metadata-store row: the run's warnings carry the cursor value (as a Python repr would).
+    with metadata.engine.begin() as db:
+        db.execute(
+            update(runs)
+            .where(runs.c.run_id == run_id)
+            .values(warnings=[f"cursor was {CURSOR!r}"], error=f"bad row {RECORDS[1]}")
+        )
+    found = await run_audit(settings, client=client)
+    assert found.outcome == "found"
+    located = {(h["kind"], h["location"]["column"]) for h in hits(found, Place.METADATA)}
+    assert located == {(HitKind.CURSOR_VALUE, "warnings"), (HitKind.RECORD_VALUE, "error")}
+    assert all(h["location"]["table"] == "runs" for h in hits(found, Place.METADATA))
+    assert all(h["location"]["row"] == f"run_id={run_id}" for h in hits(found, Place.METADATA))
+    assert {h.place for h in found.hits} == {Place.METADATA}
+    with metadata.engine.begin() as db:
+        db.execute(update(runs).where(runs.c.run_id == run_id).values(warnings=[], error=None))
+
+    # A retained log: a line with the cursor URL-encoded, another with it in epoch milliseconds.
+    log = Path(summary.log_uri.removeprefix("file://"))
+    scrubbed = log.read_text()
+    assert "[REDACTED:cursor]" in scrubbed
+    lines = scrubbed.count("\n")
+    millis = int(datetime.fromisoformat(CURSOR).timestamp() * 1000)
+    log.write_text(
+        scrubbed + f"GET /items?since={quote(CURSOR, safe='')}\nnext page after {millis}\n"
+    )
+    found = await run_audit(settings, client=client)
+    (hit,) = hits(found, Place.LOGS)
+    assert hit["kind"] == HitKind.CURSOR_VALUE and hit["connection"] == connection_id
+    assert hit["location"] == {"log": summary.log_uri, "lines": [lines + 1, lines + 2]}
+    log.write_text(scrubbed)
+
+    # A staging object left under the finished run's prefix, and one under no run at all.
+    staging = settings.state_path / "staging" / connection_id
+    (staging / run_id).mkdir(parents=True)
+    (staging / run_id / "batch-0001.jsonl.gz").write_bytes(b"not even gzip")
+    (staging / "stray").mkdir()
+    (staging / "stray" / "orphan" / "file").parent.mkdir()
+    (staging / "stray" / "orphan" / "file").write_bytes(b"?")
+    found = await run_audit(settings, client=client)
+    located = {
+        (h["location"]["prefix"], h["location"]["objects"], h["location"]["run"])
+        for h in hits(found, Place.STAGING)
+    }
+    root = settings.resolved_staging_uri
+    assert located == {
+        (f"{root}{connection_id}/{run_id}/", 1, f"{run_id} (succeeded)"),
+        (f"{root}{connection_id}/stray/", 1, "not a run Sluice knows"),
+    }
+    assert all(h["kind"] == HitKind.LEFTOVER_STAGING for h in hits(found, Place.STAGING))
+
+    # Everything at once, through the CLI: exit 1, each place named, no value printed.
+    with metadata.engine.begin() as db:
+        db.execute(update(runs).where(runs.c.run_id == run_id).values(error=f"at {CURSOR}"))
+    done = await sluice_audit(settings, temporal_env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FOUND (3):" in done.stdout
+    assert f"cursor value of {connection_id!r} in metadata store: table runs" in done.stdout
+    assert f"leftover staging of {connection_id!r} in staging: prefix {root}" in done.stdout
+    assert_never_printed(done.stdout + done.stderr, CURSOR, *RECORDS)
+    as_json = await sluice_audit(settings, temporal_env, "--json")
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["outcome"] == "found" and len(report["hits"]) == 3
+    assert_never_printed(as_json.stdout, CURSOR, *RECORDS)
+    with metadata.engine.begin() as db:
+        db.execute(update(runs).where(runs.c.run_id == run_id).values(error=None))
+    for leftover in (staging / run_id / "batch-0001.jsonl.gz", staging / "stray/orphan/file"):
+        leftover.unlink()
+
+    # A Temporal history: a run started for a "connection" named like the cursor value. Its
+    # input carries the value, and so does its failure (the unknown connection, named): both
+    # encrypted, so only decoding with the codec finds them.
+    handle = await client.start_workflow(
+        SyncConnectionWorkflow.run,
+        SyncRequest(connection_id=CURSOR),
+        id=f"audit-{uuid.uuid4().hex[:8]}",  # not sync-<connection>: ids are plain text
+        task_queue=settings.task_queue,
+    )
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    history = (await handle.fetch_history()).to_json()
+    assert CURSOR not in history  # encrypted: a plain search sees nothing
+    found = await run_audit(settings, client=client)
+    in_history = hits(found, Place.TEMPORAL)
+    assert {h["kind"] for h in in_history} == {HitKind.CURSOR_VALUE}
+    assert {h["location"]["workflow"] for h in in_history} == {handle.id}
+    events = {h["location"]["event"] for h in in_history}
+    assert 1 in events  # WorkflowExecutionStarted: the input
+    assert len(events) >= 2  # and the failures (the activity's, the workflow's)
+    assert_never_printed(json.dumps(found.as_json()), CURSOR, *RECORDS)
+
+
+async def test_a_store_that_cannot_be_reached_is_said_and_the_audit_is_not_clean(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connection_id = f"audit-{uuid.uuid4().hex[:8]}"
+    settings = make_settings(
+        items_connection(
+            protocol_connector(tmp_path, "source-audit", READ),
+            tmp_path / "w.duckdb",
+            connection_id=connection_id,
+        )
+    )
+    await run_worker(settings)
+    summary = await (
+        await start_sync(client, settings, SyncRequest(connection_id=connection_id))
+    ).result()
+    # A log retained on an S3 endpoint nobody listens on.
+    for name, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "audit",
+        "AWS_SECRET_ACCESS_KEY": "audit",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    metadata = MetadataStore.from_url(settings.resolved_metadata_url)
+    uri = f"s3://nobody-listens/logs/{connection_id}/{summary.run_id}/attempt-002.log"
+    with metadata.engine.begin() as db:
+        db.execute(
+            insert(retained_logs).values(
+                run_id=summary.run_id,
+                attempt=2,
+                connection_id=connection_id,
+                uri=uri,
+                lines=1,
+                redactions={},
+                retained_at=datetime.now(UTC),
+            )
+        )
+
+    report = await run_audit(settings, client=client)
+    assert report.outcome == "incomplete" and not report.hits
+    (unscanned,) = report.unscanned
+    assert unscanned.place is Place.LOGS and "s3://nobody-listens/logs/" in unscanned.what
+    assert report.scanned["retained logs"] == 1  # the local one still was
+
+    done = await sluice_audit(settings, temporal_env)
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "NOT SCANNED (1):" in done.stdout and "s3://nobody-listens/logs/" in done.stdout
+    assert "result: INCOMPLETE" in done.stdout and "result: clean" not in done.stdout
