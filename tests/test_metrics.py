@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -505,3 +506,21 @@ def test_a_metrics_port_in_use_fails_at_start_naming_the_port_and_the_setting(
     assert f"port {port}" in lines[0]
     assert "SLUICE_METRICS_PORT" in lines[0]
     assert "address already in use" in lines[0]
+
+
+def test_the_compose_files_prometheus_scrapes_every_worker_at_its_metrics_port() -> None:
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    port = Settings.model_validate(
+        {"metrics_port": services["worker"]["environment"]["SLUICE_METRICS_PORT"]}
+    ).metrics_port
+    assert port is not None
+    prometheus = services["prometheus"]
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    config = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text(encoding="utf-8"))
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "sluice-worker"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    (discovery,) = job["dns_sd_configs"]
+    # Every replica of the worker service, at the port its metrics are served on.
+    assert discovery["names"] == ["worker"] and discovery["type"] == "A"
+    assert discovery["port"] == port
