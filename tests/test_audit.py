@@ -284,3 +284,69 @@ async def test_a_store_that_cannot_be_reached_is_said_and_the_audit_is_not_clean
     assert done.returncode == 5, done.stdout + done.stderr
     assert "NOT SCANNED (1):" in done.stdout and "s3://nobody-listens/logs/" in done.stdout
     assert "result: INCOMPLETE" in done.stdout and "result: clean" not in done.stdout
+
+
+def faker_connections(command: str, warehouse: Path, connection_id: str) -> str:
+    return f"""
+        [[connections]]
+        id = "{connection_id}"
+        [connections.source]
+        command = ["{command}"]
+        config = {{ count = 200, seed = 11, records_per_slice = 50, parallelism = 1 }}
+        [connections.destination]
+        path = "{warehouse}"
+        [[connections.streams]]
+        name = "users"
+        sync_mode = "incremental"
+        destination_mode = "append_dedup"
+        [[connections.streams]]
+        name = "purchases"
+        sync_mode = "incremental"
+        destination_mode = "append"
+        [[connections.streams]]
+        name = "products"
+        sync_mode = "full_refresh"
+        destination_mode = "overwrite"
+    """
+
+
+@pytest.mark.connector
+async def test_source_faker_synced_twice_audits_clean_and_a_leaked_record_value_is_found(
+    tmp_path: Path,
+    faker_command: str,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+) -> None:
+    connection_id = f"faker-{uuid.uuid4().hex[:8]}"
+    warehouse = tmp_path / "warehouse.duckdb"
+    settings = make_settings(faker_connections(faker_command, warehouse, connection_id))
+    await run_worker(settings)
+    summaries = []
+    for _ in range(2):  # a full sync, then an incremental one from the committed state
+        handle = await start_sync(client, settings, SyncRequest(connection_id=connection_id))
+        summaries.append(await handle.result())
+    assert all(s.status == "succeeded" for s in summaries)
+
+    clean = await run_audit(settings, client=client, connection_id=connection_id)
+    looked = clean.connections[connection_id]
+    assert clean.outcome == "clean", clean.as_json()
+    assert looked.cursor_values >= 2 and looked.record_values > 20
+    assert looked.rows_sampled == 60  # 20 rows of each of the three streams
+    assert clean.scanned["retained logs"] == 2 and clean.scanned["Temporal histories"] == 2
+
+    # A record value read back from the warehouse, printed into a retained log by a careless
+    # connector (and so not scrubbed: the scrubber only knows state and secrets).
+    import duckdb
+
+    with duckdb.connect(str(warehouse), read_only=True) as db:
+        row = db.execute("SELECT email FROM main.users ORDER BY id LIMIT 1").fetchone()
+    assert row is not None
+    email = str(row[0])
+    log = Path((summaries[1].log_uri or "").removeprefix("file://"))
+    log.write_text(log.read_text() + json.dumps({"message": f"bad address {email}"}) + "\n")
+    found = await run_audit(settings, client=client, connection_id=connection_id)
+    (hit,) = found.hits
+    assert hit.place is Place.LOGS and hit.kind is HitKind.RECORD_VALUE
+    assert hit.location["log"] == summaries[1].log_uri
+    assert_never_printed(json.dumps(found.as_json()), email)

@@ -385,9 +385,10 @@ async def _needles(
     metadata: MetadataStore | None,
     sample_rows: int,
     report: AuditReport,
+    connection_ids: set[str],
 ) -> _Needles:
     looked = report.connections.setdefault(connection.id, LookedFor())
-    kept = _names_kept(connection, metadata)
+    kept = _names_kept(connection, metadata) | connection_ids
     cursor_values: set[str] = set()
     record_values: set[str] = set()
     if isinstance(connection, AirbyteConnection):
@@ -793,7 +794,16 @@ async def run_audit(
     unknown connection (nothing could be audited then: raised as the connections file raises).
     """
     report = AuditReport()
+    for counted in (
+        "metadata store rows",
+        "retained logs",
+        "Temporal histories",
+        "staging roots",
+        "staging objects",
+    ):
+        report.scanned[counted] = 0  # said even when there was nothing
     connections_file = ConnectionsFile.load(settings.connections_file)
+    connection_ids = set(connections_file.connections)
     connections = (
         [connections_file.get(connection_id)]
         if connection_id is not None
@@ -809,16 +819,14 @@ async def run_audit(
                 Unscanned(place, "the metadata store", f"cannot be used: {_short_problem(exc)}")
             )
     needles = [
-        await _needles(settings, connection, metadata, sample_rows, report)
+        await _needles(settings, connection, metadata, sample_rows, report, connection_ids)
         for connection in connections
     ]
     if metadata is not None:
         for scan, place in (
             (lambda: _scan_metadata(metadata, needles, report), Place.METADATA),
             (
-                lambda: _scan_logs(
-                    settings, metadata, needles, {c.id for c in connections}, report
-                ),
+                lambda: _scan_logs(settings, metadata, needles, connection_ids, report),
                 Place.LOGS,
             ),
             (
