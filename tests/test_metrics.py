@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.airbyte_emulator import AirbyteEmulator, EmulatedStream, stream_state
 from tests.airbyte_emulator import airbyte_emulator_fixture as airbyte_emulator_fixture
-from tests.support.connections import wait_for_file
+from tests.support.connections import items_connection, protocol_connector, wait_for_file
 from tests.support.processes import free_port, wait_until, worker_process
 from tests.support.session import REPO
 from workers import cli
@@ -524,3 +524,46 @@ def test_the_compose_files_prometheus_scrapes_every_worker_at_its_metrics_port()
     # Every replica of the worker service, at the port its metrics are served on.
     assert discovery["names"] == ["worker"] and discovery["type"] == "A"
     assert discovery["port"] == port
+
+
+async def test_a_failed_run_is_counted_failed_with_its_failed_phase_and_no_purge(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    metrics_worker: StartMetricsWorker,
+    client: Client,
+) -> None:
+    connector = protocol_connector(
+        tmp_path,
+        "source-rejects-key",
+        """
+        emit({"type": "LOG", "log": {"level": "INFO", "message": "API key check"}})
+        emit({"type": "TRACE", "trace": {"type": "ERROR", "emitted_at": 1,
+              "error": {"message": "API key rejected", "failure_type": "config_error"}}})
+        sys.exit(1)
+        """,
+    )
+    settings = make_settings(items_connection(connector, tmp_path / "w.duckdb"))
+    worker = metrics_worker(settings)
+    before = await worker.ready()
+    handle = await start_sync(client, settings, SyncRequest(connection_id="items"))
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    after = await _settled(worker.port, runs=1)
+
+    def moved(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    items = {"connection": "items"}
+    assert moved("sluice_runs_total", **items, backend="local", status="failed") == 1
+    assert moved("sluice_runs_total") == 1
+    # A config error is final: one attempt, failed; nothing was purged (a failed sync's
+    # staging is kept), nothing synced; its scrubbed log was retained all the same.
+    assert moved("sluice_phase_duration_seconds_count", phase="run_sync", result="failed") == 1
+    assert moved("sluice_phase_duration_seconds_count", phase="purge_staging") == 0
+    assert moved("sluice_purges_total") == 0
+    assert moved("sluice_records_total") == 0
+    assert moved("sluice_log_lines_retained_total", **items) > 0
+    assert moved("sluice_phase_duration_seconds_count", phase="record_run", result="succeeded") == 1
+    assert_only_known_names(
+        after, connections={"items"}, streams={"items"}, task_queue=settings.task_queue
+    )
