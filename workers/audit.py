@@ -38,7 +38,7 @@ from sqlalchemy import select
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
-from purge.scrub import LogScrubber, RedactionKind, state_leaf_values
+from purge.scrub import MIN_FREE_TEXT_LENGTH, LogScrubber, RedactionKind, state_leaf_values
 from purge.scrub.spans import _Span
 from purge.stores import StagingStore, parse_store_uri
 from workers.activities.airbyte import airbyte_server
@@ -437,9 +437,11 @@ async def _needles(
     }
     looked.cursor_values = len({v for v in cursor_values if v not in kept})
     looked.record_values = len(record_values)
-    if looked.cursor_values and not finders[HitKind.CURSOR_VALUE].pattern_count:
+    short = sum(1 for v in cursor_values if len(v) < MIN_FREE_TEXT_LENGTH and v not in kept)
+    if short:
         looked.notes.append(
-            "its cursor values are all too short to look for in free text (the scrubber's floor)"
+            f"{short} of its cursor values are shorter than {MIN_FREE_TEXT_LENGTH} characters: "
+            "not looked for (the scrubber's floor: they would match every number)"
         )
     return _Needles(connection.id, finders)
 
