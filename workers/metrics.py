@@ -50,7 +50,7 @@ class MetricsPortError(RuntimeError):
     def __init__(self, port: int, reason: str) -> None:
         super().__init__(
             f"cannot serve metrics on port {port} (--metrics-port or {METRICS_PORT_SETTING}): "
-            f"{reason}; choose a free port, or unset {METRICS_PORT_SETTING} for no endpoint"
+            f"{reason}"
         )
         self.port = port
 
@@ -58,6 +58,8 @@ class MetricsPortError(RuntimeError):
 def metrics_runtime(port: int, host: str = "0.0.0.0") -> Runtime:
     """A Temporal runtime whose Prometheus exporter serves `http://HOST:PORT/metrics`, started
     here, so that a port already in use fails the worker at once (`MetricsPortError`)."""
+    if not 1 <= port <= 65535:
+        raise MetricsPortError(port, "not a TCP port (1-65535)")
     config = PrometheusConfig(
         bind_address=f"{host}:{port}",
         counters_total_suffix=True,
@@ -69,7 +71,7 @@ def metrics_runtime(port: int, host: str = "0.0.0.0") -> Runtime:
     except ValueError as exc:  # "Failed starting Prometheus exporter: Address already in use"
         reason = str(exc).removeprefix("Failed starting Prometheus exporter: ")
         if "in use" in reason.lower():
-            reason = "address already in use"
+            reason = "address already in use: choose a free port (unset: no endpoint)"
         raise MetricsPortError(port, reason) from exc
 
 
