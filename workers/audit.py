@@ -51,6 +51,7 @@ from workers.destinations.base import Destination
 from workers.destinations.duckdb import DuckDBDestination
 from workers.destinations.postgres import PostgresDestination, pg_name
 from workers.metadata import MetadataStore, retained_logs, runs
+from workers.metadata import connections as connection_rows
 from workers.purging import Purger
 from workers.retained_logs import log_key
 from workers.settings import Settings
@@ -819,6 +820,15 @@ async def run_audit(
         for place in (Place.METADATA, Place.LOGS, Place.STAGING):
             report.unscanned.append(
                 Unscanned(place, "the metadata store", f"cannot be used: {_short_problem(exc)}")
+            )
+    if metadata is not None and connection_id is None:
+        with metadata.engine.connect() as db:
+            retained = {str(r[0]) for r in db.execute(select(connection_rows.c.id))}
+        if retained - connection_ids:
+            report.notes.append(
+                "connections the metadata store knows but the connections file no longer "
+                f"declares: {', '.join(sorted(retained - connection_ids))}; their destinations "
+                "are unknown, so their values are not looked for"
             )
     needles = [
         await _needles(settings, connection, metadata, sample_rows, report, connection_ids)
