@@ -15,10 +15,12 @@ value.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import structlog
 from temporalio import activity
 from temporalio.common import MetricMeter
 from temporalio.exceptions import CancelledError as TemporalCancelledError
@@ -27,6 +29,8 @@ from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, 
 
 from purge.receipts import PurgeReceipt
 from workflows.models import ActivityName, RecordRunInput, RunPlan, SweepOutcome
+
+log = structlog.get_logger(__name__)
 
 METRICS_PORT_SETTING = "SLUICE_METRICS_PORT"
 
@@ -186,21 +190,23 @@ class _MetricsActivityInbound(ActivityInboundInterceptor):
             result = await super().execute_activity(input)
         except BaseException as exc:
             cancelled = isinstance(exc, asyncio.CancelledError | TemporalCancelledError)
-            self._metrics.observe_phase(
-                phase,
-                connection or "",
-                "cancelled" if cancelled else "failed",
-                time.monotonic() - started,
-            )
-            if phase == ActivityName.PURGE_STAGING and connection and not cancelled:
-                self._metrics.observe_purge_error(connection)
+            with _never_failing(phase):
+                self._metrics.observe_phase(
+                    phase,
+                    connection or "",
+                    "cancelled" if cancelled else "failed",
+                    time.monotonic() - started,
+                )
+                if phase == ActivityName.PURGE_STAGING and connection and not cancelled:
+                    self._metrics.observe_purge_error(connection)
             raise
         if isinstance(result, RunPlan):  # the plan: the connection is known once it resolved
             connection = result.connection_id
-        self._metrics.observe_phase(
-            phase, connection or "", "succeeded", time.monotonic() - started
-        )
-        self._observe_success(phase, input.args, connection, result)
+        with _never_failing(phase):
+            self._metrics.observe_phase(
+                phase, connection or "", "succeeded", time.monotonic() - started
+            )
+            self._observe_success(phase, input.args, connection, result)
         return result
 
     def _observe_success(
@@ -214,6 +220,16 @@ class _MetricsActivityInbound(ActivityInboundInterceptor):
             self._metrics.observe_purge(connection, result)
         elif phase in _SWEEPS and isinstance(result, SweepOutcome):
             self._metrics.observe_sweep(_SWEEPS[phase], result)
+
+
+@contextlib.contextmanager
+def _never_failing(phase: str) -> Iterator[None]:
+    """A metric that cannot be recorded is logged, never the activity's failure: failing
+    `record_run` after it recorded would record the run again."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning("metrics not recorded", activity=phase, error=type(exc).__name__)
 
 
 def _connection_of(args: Sequence[Any]) -> str | None:
@@ -233,7 +249,8 @@ def count_airbyte_call(status: int | None) -> None:
     if not activity.in_activity():
         return
     status_class = "error" if status is None else f"{status // 100}xx"
-    meter = activity.metric_meter()
-    meter.create_counter("sluice_airbyte_api_calls", "Requests to Airbyte's API.").add(
-        1, {"status_class": status_class}
-    )
+    with _never_failing(activity.info().activity_type):
+        meter = activity.metric_meter()
+        meter.create_counter("sluice_airbyte_api_calls", "Requests to Airbyte's API.").add(
+            1, {"status_class": status_class}
+        )
