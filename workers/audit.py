@@ -217,7 +217,9 @@ class ValueFinder(LogScrubber):
     cores, number and timestamp renderings) and no cursor field is given, so the only
     cursor-kind spans of a line are the values' own; structural spans (printed state) are of
     another kind and do not count, but they never hide a value either, since the spans are
-    looked at before they merge.
+    looked at before they merge. `purge.scrub` has no public way to find without redacting, so
+    this hooks `_spans` (every span of a line, before merging); the rest, the block search that
+    skips lines holding nothing included, is the scrubber's as it is.
     """
 
     def __init__(self, values: Iterable[str], keep: Iterable[str]) -> None:
