@@ -188,6 +188,8 @@ async def test_a_clean_run_audits_clean_and_each_planted_value_is_found_in_its_p
         (f"{root}{connection_id}/stray/", 1, "not a run Sluice knows"),
     }
     assert all(h["kind"] == HitKind.LEFTOVER_STAGING for h in hits(found, Place.STAGING))
+    one = await run_audit(settings, client=client, connection_id=connection_id)
+    assert hits(one, Place.STAGING) == hits(found, Place.STAGING)
 
     # Everything at once, through the CLI: exit 1, each place named, no value printed.
     with metadata.engine.begin() as db:
