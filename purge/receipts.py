@@ -39,6 +39,12 @@ class PurgeReceipt(BaseModel):
         default=0, description="Objects the verification listing found; in a dry run, all found."
     )
     verified_empty: bool
+    data_key_destroyed: bool | None = Field(
+        default=None,
+        description="The run's staging key was destroyed with this purge, so any copy of its "
+        "staged files that survives (a backup, a snapshot, a version) is unreadable; None: the "
+        "staging was not sealed by Sluice (an Airbyte destination's own).",
+    )
     failures: list[str] = Field(
         default_factory=list,
         description=(

@@ -240,6 +240,9 @@ async def _replayed_without_reading_the_source_again(
     for run_id in (failed, summary.run_id):
         receipt = store.get_receipt(f"purge-{run_id}")
         assert receipt is not None and receipt["verified_empty"] and receipt["run_id"] == run_id
+        # Each run's staging key is destroyed with its staging.
+        assert receipt["data_key_destroyed"] is True
+        assert store.existing_staging_key(run_id) is None
     # The runs point at each other.
     replay_row, failed_row = store.get_run(summary.run_id), store.get_run(failed)
     assert replay_row["kind"] == "replay" and replay_row["replay_of"] == failed

@@ -83,6 +83,13 @@ async def test_schedule_sweeps_old_logs_and_failed_staging(
     for receipt_id in summary.logs.receipt_ids + summary.failed_staging.receipt_ids:
         receipt = metadata.get_receipt(receipt_id)
         assert receipt is not None and receipt["verified_empty"]
+    # The failed run's staging key went with its staging; the expired log's purge is no
+    # staging purge and destroys nothing.
+    (staging_receipt_id,) = summary.failed_staging.receipt_ids
+    assert metadata.get_receipt(staging_receipt_id)["data_key_destroyed"] is True  # type: ignore[index]
+    assert metadata.existing_staging_key(failed_run.name) is None
+    for receipt_id in summary.logs.receipt_ids:
+        assert metadata.get_receipt(receipt_id)["data_key_destroyed"] is None  # type: ignore[index]
     assert metadata.retained_logs_of(ok.run_id) == []
     assert len(metadata.retained_logs_of(failed_run.name)) == 1
     await schedule.delete()

@@ -8,6 +8,7 @@ work. Every write is an upsert keyed by its natural id, so a retried activity wr
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    func,
     insert,
     inspect,
     select,
@@ -37,6 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from purge.receipts import PurgeReceipt
+from workers.shredding import new_data_key
 
 metadata = MetaData()
 
@@ -116,6 +119,7 @@ purge_receipts = Table(
     Column("throttles", Integer, nullable=False, default=0),
     Column("recoverable_until", DateTime(timezone=True)),
     Column("verified_empty", Boolean, nullable=False),
+    Column("data_key_destroyed", Boolean),
     Column("failures", JSON, nullable=False),
     Column("store_settings", JSON, nullable=False),
 )
@@ -145,6 +149,18 @@ connection_locks = Table(
     Column("taken_at", DateTime(timezone=True)),
 )
 
+# Each run's staging key (workers/shredding.py): a key is not data. Destroyed (set NULL, with
+# the time) once nothing needs the run's staging: every copy of it is then unreadable.
+staging_keys = Table(
+    "staging_keys",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("connection_id", String(128), nullable=False),
+    Column("data_key", String(64)),  # base64 of 32 bytes; NULL once destroyed
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("destroyed_at", DateTime(timezone=True)),
+)
+
 catalogs = Table(
     "catalogs",
     metadata,
@@ -167,6 +183,10 @@ def _now() -> datetime:
 def _utc_stamp(stamp: datetime) -> datetime:
     # SQLite hands timestamps back without their zone; they were written in UTC.
     return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
+
+
+def _destroyed(run_id: str) -> bytes:
+    raise KeyError(f"the staging key of run {run_id} was destroyed")
 
 
 def _utc(row: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +275,50 @@ class MetadataStore:
             self._upsert(
                 db, runs, {"run_id": row["run_id"]}, {k: v for k, v in row.items() if k != "run_id"}
             )
+
+    def staging_key(self, run_id: str, connection_id: str) -> bytes:
+        """The run's staging key, created by its first attempt (every attempt and a replay of
+        the run read the same one). Raises KeyError when it was destroyed."""
+        with self.engine.begin() as db:
+            row = db.execute(
+                select(staging_keys.c.data_key).where(staging_keys.c.run_id == run_id)
+            ).first()
+            if row is None:
+                key = new_data_key()
+                try:
+                    db.execute(
+                        insert(staging_keys).values(
+                            run_id=run_id,
+                            connection_id=connection_id,
+                            data_key=base64.b64encode(key).decode(),
+                            created_at=_now(),
+                        )
+                    )
+                    return key
+                except IntegrityError:
+                    return self.existing_staging_key(run_id) or _destroyed(run_id)
+        return base64.b64decode(row[0]) if row[0] is not None else _destroyed(run_id)
+
+    def existing_staging_key(self, run_id: str) -> bytes | None:
+        """The run's staging key if it exists and was not destroyed (never creates one)."""
+        with self.engine.connect() as db:
+            row = db.execute(
+                select(staging_keys.c.data_key).where(staging_keys.c.run_id == run_id)
+            ).first()
+        return base64.b64decode(row[0]) if row and row[0] is not None else None
+
+    def destroy_staging_key(self, run_id: str) -> bool:
+        """Destroy the run's staging key; True when the run has no key left (destroyed now or
+        before), False when it never had one (its staging was not sealed by Sluice)."""
+        with self.engine.begin() as db:
+            found = db.execute(
+                update(staging_keys)
+                .where(staging_keys.c.run_id == run_id)
+                .values(
+                    data_key=None, destroyed_at=func.coalesce(staging_keys.c.destroyed_at, _now())
+                )
+            )
+            return found.rowcount > 0
 
     def mark_replayed(self, run_id: str, replay_run_id: str) -> None:
         """A failed run was finished by a replay: its staging is purged with the replay's."""

@@ -70,11 +70,15 @@ class Purger:
         dry_run: bool = False,
         deleted_before: int = 0,
         on_progress: Callable[[int], None] | None = None,
+        shred: bool = False,
     ) -> PurgeReceipt:
         """Delete everything under the target, verify by listing, and record the receipt.
 
         `deleted_before`: objects an interrupted attempt deleted (from its heartbeats); the
-        receipt counts them too, so a resumed purge's receipt covers every deletion."""
+        receipt counts them too, so a resumed purge's receipt covers every deletion.
+        `shred`: the target is the staging of run `run_id`, which nothing needs any more:
+        its staging key is destroyed too (even when objects were left: they are unreadable
+        from now on), and the receipt says so."""
         receipt = purge_prefix(
             self.open(target.store_uri),
             target.prefix,
@@ -91,6 +95,9 @@ class Purger:
                     "objects_deleted_before_resume": deleted_before,
                 }
             )
+        if shred and run_id is not None and self.metadata is not None and not dry_run:
+            destroyed = self.metadata.destroy_staging_key(run_id)
+            receipt = receipt.model_copy(update={"data_key_destroyed": destroyed or None})
         if self.metadata is not None and not dry_run:
             self.metadata.record_receipt(receipt, run_id)
         return receipt

@@ -18,6 +18,7 @@ from workers.connections import Connection
 from workers.destinations import DestinationOptions, open_destination
 from workers.errors import ReplayRefusedError, SluiceError
 from workers.localsync.replay import changed_streams, journal_manifest, replay_staged
+from workers.shredding import RunSealing
 from workflows.models import ActivityName, ReplayOutcome, ReplayRequest, RunPlan, SyncRequest
 
 log = structlog.get_logger(__name__)
@@ -91,8 +92,11 @@ class ReplayActivities:
                 f"{failed['staging_target']}, and the connection stages under "
                 f"{plan.staging_uri} now; start a normal sync: sluice sync {connection_id}"
             )
-        store = self.sync.purger.open(plan.staging_uri)
-        manifest = journal_manifest(store, failed_staging_prefix(plan))
+        staging = RunSealing(
+            self.sync.purger.open(plan.staging_uri),
+            self.sync.store.existing_staging_key(failed_id or ""),
+        )
+        manifest = journal_manifest(staging, failed_staging_prefix(plan))
         if manifest is None:
             return plan  # nothing was committed by a state: the sync that follows does it all
         changed = changed_streams(manifest, connection)
@@ -111,7 +115,11 @@ class ReplayActivities:
         once, without the connector."""
         assert plan.staging_uri is not None and plan.replay_of is not None
         connection = self.sync.local_connection(plan.connection_id)
-        store = self.sync.purger.open(plan.staging_uri)
+        # The failed run's staging is sealed with its key, which exists until it is purged.
+        staging = RunSealing(
+            self.sync.purger.open(plan.staging_uri),
+            self.sync.store.existing_staging_key(plan.replay_of),
+        )
         heartbeater = Heartbeater(
             0, on_beat=self.sync.locks.renewer(plan.connection_id, plan.run_id)
         )
@@ -127,7 +135,7 @@ class ReplayActivities:
             try:
                 with open_destination(connection, options) as destination:
                     result = replay_staged(
-                        store=store,
+                        store=staging,
                         prefix=failed_staging_prefix(plan),
                         failed_run_id=plan.replay_of,
                         run_id=plan.run_id,

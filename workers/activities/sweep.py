@@ -76,7 +76,8 @@ class SweepActivities:
         with Heartbeater(0).running() as heartbeater:
             for row in self.store.kept_staging_to_sweep(cutoff):
                 uri, receipt_id = row["staging_target"], f"sweep-staging-{row['run_id']}"
-                if self._purge(uri, allow, receipt_id, row, outcome):
+                # Nothing will replay this staging any more: its key goes with it.
+                if self._purge(uri, allow, receipt_id, row, outcome, shred=True):
                     self.store.mark_staging_swept(row["run_id"])
                 heartbeater.update(outcome.runs)
         log.info("kept staging swept", runs=outcome.runs, objects=outcome.objects_deleted)
@@ -89,6 +90,8 @@ class SweepActivities:
         receipt_id: str,
         row: dict[str, Any],
         outcome: SweepOutcome,
+        *,
+        shred: bool = False,
     ) -> bool:
         """Purge one run's prefix, keep the receipt, count it; True when verified empty. A run
         that cannot be purged is counted as a failure and the sweep goes on."""
@@ -97,7 +100,9 @@ class SweepActivities:
         except TargetRefusedError as exc:
             outcome.failures.append(f"{row['run_id']}: {exc}")
             return False
-        receipt = self.purger.purge(target, receipt_id=receipt_id, run_id=row["run_id"])
+        receipt = self.purger.purge(
+            target, receipt_id=receipt_id, run_id=row["run_id"], shred=shred
+        )
         outcome.receipt_ids.append(receipt.receipt_id)
         outcome.objects_deleted += receipt.objects_deleted
         if receipt.verified_empty:

@@ -281,6 +281,7 @@ class SyncActivities:
             run_id=plan.run_id,
             batch_records=self.settings.batch_records,
             heartbeat=heartbeater.update,
+            staging_key=self.store.staging_key(plan.run_id, plan.connection_id),
             cancelled=activity.is_cancelled,
             catalog_cache=self.store,
         )
@@ -373,6 +374,9 @@ class SyncActivities:
                 receipt_id=receipt_id,
                 run_id=run_id,
                 deleted_before=before,
+                # Reached only after the commit (or a replay finished the run): nothing needs
+                # the staging any more, nor its key.
+                shred=plan.backend == "local",
                 on_progress=heartbeater.update,
             )
         log.info(

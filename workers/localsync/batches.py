@@ -15,12 +15,11 @@ from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import quote
 
 import structlog
 
-from purge.stores import StagingStore
 from workers.connectors.errors import ConnectorProtocolError
 from workers.connectors.protocol import (
     protocol_json,
@@ -28,6 +27,7 @@ from workers.connectors.protocol import (
     record_size,
     record_stream_problem,
 )
+from workers.shredding import PlainWriter, RunSealing, SealingWriter
 
 log = structlog.get_logger(__name__)
 
@@ -45,13 +45,15 @@ class Batch:
 class BatchWriter:
     """One open gzip batch file in the staging store."""
 
-    def __init__(self, store: StagingStore, key: str) -> None:
+    def __init__(self, staging: RunSealing, key: str) -> None:
         self.batch = Batch(key)
         self._stack = contextlib.ExitStack()
         try:
-            self._raw: BinaryIO = self._stack.enter_context(store.open_write(key))
+            self._raw: SealingWriter | PlainWriter = self._stack.enter_context(
+                staging.open_write(key)
+            )
             self._gz = self._stack.enter_context(
-                gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=1)
+                gzip.GzipFile(fileobj=cast(BinaryIO, self._raw), mode="wb", compresslevel=1)
             )
         except BaseException as exc:
             self._fail(exc)
@@ -65,11 +67,11 @@ class BatchWriter:
     def close(self) -> Batch:
         try:
             self._gz.close()
-            self.batch.size = self._raw.tell()
+            self._stack.close()  # the last sealed chunk, and the object completed
         except BaseException as exc:
             self._fail(exc)
             raise
-        self._stack.close()
+        self.batch.size = self._raw.bytes_written
         return self.batch
 
     def abandon(self) -> None:
@@ -97,14 +99,14 @@ class StreamBatches:
 
     def __init__(
         self,
-        store: StagingStore,
+        staging: RunSealing,
         prefix: str,
         attempt: int,
         sid: str,
         batch_records: int,
         on_closed: Callable[[Batch], None],
     ) -> None:
-        self._store = store
+        self._staging = staging
         self._keys = f"{prefix}records/attempt-{attempt:03d}/{quote(sid, safe='')}/"
         self._batch_records = batch_records
         self._on_closed = on_closed
@@ -117,7 +119,7 @@ class StreamBatches:
         """Stage one RECORD line (``number``: its stdout line)."""
         if self.writer is None:
             self._number += 1
-            self.writer = BatchWriter(self._store, f"{self._keys}{self._number:06d}.jsonl.gz")
+            self.writer = BatchWriter(self._staging, f"{self._keys}{self._number:06d}.jsonl.gz")
         self.writer.write(line, number)
         if self.writer.batch.records >= self._batch_records:
             self.close()

@@ -60,6 +60,7 @@ from workers.localsync.planning import (
 )
 from workers.localsync.results import StreamResult, SyncProgress, SyncResult
 from workers.runlog import RunLog
+from workers.shredding import RunSealing
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +115,7 @@ class LocalSync:
         run_id: str,
         batch_records: int,
         heartbeat: Callable[[SyncProgress], None],
+        staging_key: bytes | None = None,
         cancelled: Callable[[], bool] = lambda: False,
         catalog_cache: CatalogCache | None = None,
     ) -> None:
@@ -121,6 +123,8 @@ class LocalSync:
         self.connector = connector
         self.config = config
         self.store = store
+        # Everything the run stages is sealed with its key (workers/shredding.py).
+        self.staging = RunSealing(store, staging_key)
         self.prefix = prefix
         self.run_id = run_id
         self.batch_records = batch_records
@@ -251,7 +255,7 @@ class LocalSync:
 
         return {
             sid: StreamBatches(
-                self.store, self.prefix, progress.attempt, sid, self.batch_records, closed
+                self.staging, self.prefix, progress.attempt, sid, self.batch_records, closed
             )
             for sid in streams
         }
@@ -404,20 +408,22 @@ class LocalSync:
         attempt.pending_states.clear()
         attempt.held_states = plan.held
         batches = {sid: attempt.batches[sid].take() for sid in plan.streams}
-        for sid in plan.streams:
-            attempt.marks.pop(sid, None)
+        marks = {sid: attempt.marks.pop(sid) for sid in plan.streams if sid in attempt.marks}
         tables = {sid: s.table for sid, s in streams.items()}
         replace = [streams[sid].table for sid in plan.replace]
         attempt.commits += 1
+        staged = {
+            sid: [StagedBatch(b.key, b.records) for b in taken] for sid, taken in batches.items()
+        }
         entry = CommitEntry(
             commit_id=commit_id(self.run_id, attempt.progress.attempt, attempt.commits),
-            batches={
-                sid: [StagedBatch(b.key, b.records) for b in taken]
-                for sid, taken in batches.items()
-            },
+            batches=staged,
             states=plan.states,
             forget=plan.forget,
             replace=plan.replace,
+            # The final commit takes every record left, those after the last STATE too (the
+            # connector ended well); a replay takes only what a STATE covered.
+            covered=_covered(staged, marks) if final else None,
         )
         # Journaled before it is handed over: a commit that then fails can be finished later.
         self._journal(attempt, entry)
@@ -431,7 +437,7 @@ class LocalSync:
         """Stage a commit's journal entry (and, before the first, the attempt's manifest)."""
         if attempt.commits == 1:
             write_manifest(
-                self.store,
+                self.staging,
                 self.prefix,
                 Manifest(
                     run_id=self.run_id,
@@ -448,7 +454,7 @@ class LocalSync:
                     ],
                 ),
             )
-        write_entry(self.store, self.prefix, attempt.progress.attempt, entry)
+        write_entry(self.staging, self.prefix, attempt.progress.attempt, entry)
 
     def _journal_received(self, attempt: _Attempt) -> None:
         """After a failure: journal the states received but never handed to a commit, with the
@@ -463,14 +469,15 @@ class LocalSync:
         )
         if not plan.states:
             return
-        covered: dict[str, list[StagedBatch]] = {}
-        for sid in plan.streams:
-            closed, open_key, open_records = attempt.marks.get(sid, (0, None, 0))
-            staged = attempt.batches[sid]
-            files = [*staged.pending, *([staged.abandoned] if staged.abandoned else [])]
-            covered[sid] = [StagedBatch(b.key, b.records) for b in files[:closed]]
-            if open_key is not None and open_records:
-                covered[sid].append(StagedBatch(open_key, open_records, whole=False))
+        files = {
+            sid: [
+                StagedBatch(b.key, b.records)
+                for b in [*staged.pending, *([staged.abandoned] if staged.abandoned else [])]
+            ]
+            for sid, staged in attempt.batches.items()
+            if sid in plan.streams
+        }
+        covered = _covered(files, attempt.marks)
         attempt.commits += 1
         entry = CommitEntry(
             commit_id=commit_id(self.run_id, attempt.progress.attempt, attempt.commits),
@@ -494,7 +501,7 @@ class LocalSync:
         their stdout line (DuckDB's own text may quote values: it goes into the run's log)."""
         with contextlib.ExitStack() as stack:
             paths = {
-                sid: [stack.enter_context(self.store.local_path(b.key)) for b in pending]
+                sid: [stack.enter_context(self.staging.local_path(b.key)) for b in pending]
                 for sid, pending in batches.items()
             }
             counts = {sid: sum(b.records for b in pending) for sid, pending in batches.items()}
@@ -577,3 +584,18 @@ class LocalSync:
             states_committed=progress.states,
             incremental=incremental,
         )
+
+
+def _covered(
+    files: dict[str, list[StagedBatch]], marks: dict[str, tuple[int, str | None, int]]
+) -> dict[str, list[StagedBatch]]:
+    """Of each stream's staged files (in order), the records a STATE covered: up to where the
+    stream stood when its latest state arrived (``marks``; a stream without one: none)."""
+    covered: dict[str, list[StagedBatch]] = {}
+    for sid, staged in files.items():
+        closed, open_key, open_records = marks.get(sid, (0, None, 0))
+        covered[sid] = staged[:closed]
+        if open_key is not None and open_records:
+            whole = any(b.key == open_key and b.records == open_records for b in staged)
+            covered[sid].append(StagedBatch(open_key, open_records, whole=whole))
+    return covered

@@ -12,6 +12,8 @@ Under ``<prefix>journal/attempt-NNN/`` each attempt writes:
   transaction (``Destination.committed_ids``), so a replay knows which entries are done.
 - When an attempt fails with states received but not yet committed, a last entry for them.
 
+Every file is sealed with the run's staging key (workers/shredding.py), as its batches are.
+
 States are staged like the records they cover (both are purged together). Batch files that no
 entry names are records no STATE covers: a replay drops them, as Airbyte's at-least-once rule
 says the next read repeats them.
@@ -23,8 +25,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from purge.stores import StagingStore
 from workers.destinations.base import StreamTable
+from workers.shredding import RunSealing
 
 MANIFEST = "manifest.json"
 
@@ -69,32 +71,38 @@ class CommitEntry:
     forget: list[str] = field(default_factory=list)
     replace: list[str] = field(default_factory=list)  # stream ids
     handed_over: bool = True  # False: states received when the attempt failed, never handed over
+    # Of `batches`, the records the entry's STATEs cover, when not all of them (the final
+    # commit's records after the last STATE): what a replay commits.
+    covered: dict[str, list[StagedBatch]] | None = None
+
+    @property
+    def replayable(self) -> dict[str, list[StagedBatch]]:
+        return self.batches if self.covered is None else self.covered
 
 
-def _write_json(store: StagingStore, key: str, value: Any) -> None:
-    with store.open_write(key) as out:
+def _write_json(staging: RunSealing, key: str, value: Any) -> None:
+    with staging.open_write(key) as out:
         out.write(json.dumps(value, separators=(",", ":")).encode())
 
 
-def _read_json(store: StagingStore, key: str) -> Any:
-    with store.open_read(key) as data:
-        return json.loads(data.read())
+def _read_json(staging: RunSealing, key: str) -> Any:
+    return json.loads(staging.read_bytes(key))
 
 
-def write_manifest(store: StagingStore, prefix: str, manifest: Manifest) -> None:
+def write_manifest(store: RunSealing, prefix: str, manifest: Manifest) -> None:
     _write_json(store, journal_prefix(prefix, manifest.attempt) + MANIFEST, asdict(manifest))
 
 
-def write_entry(store: StagingStore, prefix: str, attempt: int, entry: CommitEntry) -> None:
+def write_entry(store: RunSealing, prefix: str, attempt: int, entry: CommitEntry) -> None:
     number = entry.commit_id.rsplit("/", 1)[1]
     _write_json(store, f"{journal_prefix(prefix, attempt)}{number}.json", asdict(entry))
 
 
-def journaled_attempts(store: StagingStore, prefix: str) -> dict[int, list[str]]:
+def journaled_attempts(staging: RunSealing, prefix: str) -> dict[int, list[str]]:
     """Each attempt that wrote a journal, with the keys of its entries in order."""
     attempts: dict[int, list[str]] = {}
     root = f"{prefix}journal/"
-    for stored in store.list(root):
+    for stored in staging.store.list(root):
         attempt_part, _, name = stored.key.removeprefix(root).partition("/")
         if not attempt_part.startswith("attempt-"):
             continue
@@ -104,7 +112,7 @@ def journaled_attempts(store: StagingStore, prefix: str) -> dict[int, list[str]]
     return {attempt: sorted(keys) for attempt, keys in sorted(attempts.items())}
 
 
-def read_manifest(store: StagingStore, prefix: str, attempt: int) -> Manifest:
+def read_manifest(store: RunSealing, prefix: str, attempt: int) -> Manifest:
     raw = _read_json(store, journal_prefix(prefix, attempt) + MANIFEST)
     return Manifest(
         run_id=raw["run_id"],
@@ -122,7 +130,7 @@ def read_manifest(store: StagingStore, prefix: str, attempt: int) -> Manifest:
     )
 
 
-def read_entry(store: StagingStore, key: str) -> CommitEntry:
+def read_entry(store: RunSealing, key: str) -> CommitEntry:
     raw = _read_json(store, key)
     return CommitEntry(
         commit_id=raw["commit_id"],
@@ -133,4 +141,7 @@ def read_entry(store: StagingStore, key: str) -> CommitEntry:
         forget=raw["forget"],
         replace=raw["replace"],
         handed_over=raw["handed_over"],
+        covered=None
+        if raw.get("covered") is None
+        else {sid: [StagedBatch(**b) for b in taken] for sid, taken in raw["covered"].items()},
     )

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import structlog
 
-from purge.stores import StagingStore
 from workers.connections import Connection
 from workers.connectors.protocol import state_key
 from workers.destinations.base import Destination
@@ -35,6 +34,7 @@ from workers.localsync.journal import (
     read_entry,
     read_manifest,
 )
+from workers.shredding import RunSealing
 
 log = structlog.get_logger(__name__)
 
@@ -52,13 +52,13 @@ class ReplayResult:
     attempt: int | None  # the failed run's attempt whose journal was replayed
 
 
-def journal_manifest(store: StagingStore, prefix: str) -> Manifest | None:
+def journal_manifest(store: RunSealing, prefix: str) -> Manifest | None:
     """The manifest of the attempt a replay continues, or None when nothing was journaled."""
     attempt = _replayed_attempt(store, prefix)
     return None if attempt is None else read_manifest(store, prefix, attempt)
 
 
-def _replayed_attempt(store: StagingStore, prefix: str) -> int | None:
+def _replayed_attempt(store: RunSealing, prefix: str) -> int | None:
     journaled = [a for a, entries in journaled_attempts(store, prefix).items() if entries]
     return max(journaled) if journaled else None
 
@@ -77,7 +77,7 @@ def changed_streams(manifest: Manifest, connection: Connection) -> list[str]:
 
 def replay_staged(
     *,
-    store: StagingStore,
+    store: RunSealing,
     prefix: str,
     failed_run_id: str,
     run_id: str,
@@ -87,7 +87,7 @@ def replay_staged(
     """Commit what the failed run staged and its states covered, in order, exactly once."""
     attempts = journaled_attempts(store, prefix)
     attempt = _replayed_attempt(store, prefix)
-    staged_files = {o.key for o in store.list(f"{prefix}records/")}
+    staged_files = {o.key for o in store.store.list(f"{prefix}records/")}
     if attempt is None:
         return ReplayResult({}, 0, 0, 0, len(staged_files), [], None)
     manifest = read_manifest(store, prefix, attempt)
@@ -108,7 +108,7 @@ def replay_staged(
         for key in attempts[attempt]:
             entry = read_entry(store, key)
             batches = {
-                sid: taken for sid, taken in entry.batches.items() if sid in tables and taken
+                sid: taken for sid, taken in entry.replayable.items() if sid in tables and taken
             }
             covered |= {b.key for taken in batches.values() for b in taken if b.whole}
             if entry.commit_id in done:
@@ -149,7 +149,7 @@ def replay_staged(
 
 
 @contextlib.contextmanager
-def _local(store: StagingStore, batch: StagedBatch, scratch: Path) -> Iterator[Path]:
+def _local(store: RunSealing, batch: StagedBatch, scratch: Path) -> Iterator[Path]:
     """A staged batch as a local file; only its first ``records`` records when the rest of the
     file came after the last STATE that covered it."""
     with store.local_path(batch.key) as path:
