@@ -392,3 +392,48 @@ async def test_a_destination_that_will_not_open_is_said_and_the_audit_is_not_cle
     (unscanned,) = report.unscanned
     assert unscanned.place is Place.DESTINATION and repr(connection_id) in unscanned.what
     assert "Unreachable" in unscanned.reason  # the destination's own error, by kind
+
+
+async def test_a_postgres_destination_is_read_back_and_its_values_found(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+    postgres_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connection_id = f"audit-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("AUDIT_PG_DSN", postgres_dsn)
+    settings = make_settings(
+        f"""
+        [[connections]]
+        id = "{connection_id}"
+        [connections.source]
+        command = ["{protocol_connector(tmp_path, "source-audit", READ)}"]
+        [connections.destination]
+        type = "postgres"
+        dsn_env = "AUDIT_PG_DSN"
+        [[connections.streams]]
+        name = "items"
+        sync_mode = "incremental"
+        destination_mode = "append"
+        """
+    )
+    await run_worker(settings)
+    summary = await (
+        await start_sync(client, settings, SyncRequest(connection_id=connection_id))
+    ).result()
+    assert summary.status == "succeeded"
+
+    clean = await run_audit(settings, client=client, connection_id=connection_id)
+    assert clean.outcome == "clean", clean.as_json()
+    looked = clean.connections[connection_id]
+    assert looked.cursor_values == 1 and looked.record_values == len(RECORDS)
+
+    metadata = MetadataStore.from_url(settings.resolved_metadata_url)
+    with metadata.engine.begin() as db:
+        db.execute(
+            update(runs).where(runs.c.run_id == summary.run_id).values(error=f"row {RECORDS[2]}")
+        )
+    found = await run_audit(settings, client=client, connection_id=connection_id)
+    assert [(h.place, h.kind) for h in found.hits] == [(Place.METADATA, HitKind.RECORD_VALUE)]
