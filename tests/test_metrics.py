@@ -5,6 +5,7 @@ what the runs' summaries and receipts say, and no label carries anything but a k
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import re
 import socket
@@ -15,13 +16,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.testing import WorkflowEnvironment
+from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput
 
+from purge.errors import PurgeError
 from tests.airbyte_emulator import AirbyteEmulator, EmulatedStream, stream_state
 from tests.airbyte_emulator import airbyte_emulator_fixture as airbyte_emulator_fixture
 from tests.support.connections import items_connection, protocol_connector, wait_for_file
@@ -30,8 +36,16 @@ from tests.support.session import REPO
 from workers import cli
 from workers.cli import start_sync
 from workers.metadata import MetadataStore
+from workers.metrics import PHASE_DURATION, MetricsReporting, SluiceMetrics, count_airbyte_call
 from workers.settings import Settings
-from workflows.models import ActivityName, SyncRequest, SyncSummary
+from workflows.models import (
+    ActivityName,
+    PurgeInput,
+    RecordRunInput,
+    RunPlan,
+    SyncRequest,
+    SyncSummary,
+)
 
 pytestmark = pytest.mark.temporal
 
@@ -567,3 +581,99 @@ async def test_a_failed_run_is_counted_failed_with_its_failed_phase_and_no_purge
     assert_only_known_names(
         after, connections={"items"}, streams={"items"}, task_queue=settings.task_queue
     )
+
+
+# -- the interceptor's other paths, without a server --------------------------------------------
+
+
+@dataclass
+class Buffered:
+    """Sluice's instruments on a runtime that buffers its metric updates for the test."""
+
+    buffer: MetricBuffer
+    metrics: SluiceMetrics
+
+    @classmethod
+    def create(cls) -> Buffered:
+        buffer = MetricBuffer(10_000)
+        runtime = Runtime(telemetry=TelemetryConfig(metrics=buffer))
+        return cls(buffer, SluiceMetrics(runtime.metric_meter))
+
+    def drain(self) -> list[tuple[str, dict[str, Any], float]]:
+        """(metric, labels but the SDK's service_name, value) of every update since the last."""
+        return [
+            (
+                update.metric.name,
+                {k: v for k, v in update.attributes.items() if k != "service_name"},
+                update.value,
+            )
+            for update in self.buffer.retrieve_updates()
+        ]
+
+
+class _Raising(ActivityInboundInterceptor):
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        raise self.error
+
+
+class _Returning(ActivityInboundInterceptor):
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        return self.result
+
+
+async def _execute(
+    inner: ActivityInboundInterceptor, metrics: SluiceMetrics, activity_type: str, arg: Any
+) -> Any:
+    """Run the metrics interceptor over `inner` as the worker would, in an activity context."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, activity_type=activity_type)
+    inbound = MetricsReporting(metrics).intercept_activity(inner)
+
+    async def run() -> Any:
+        return await inbound.execute_activity(
+            ExecuteActivityInput(fn=run, args=[arg], executor=None, headers={})
+        )
+
+    return await env.run(run)
+
+
+async def test_a_purge_that_raises_is_counted_as_an_error_and_its_phase_failed() -> None:
+    buffered = Buffered.create()
+    plan = RunPlan(connection_id="shop", run_id="r1")
+    with pytest.raises(PurgeError):
+        await _execute(
+            _Raising(PurgeError("store unreachable")),
+            buffered.metrics,
+            ActivityName.PURGE_STAGING,
+            PurgeInput(plan=plan),
+        )
+    updates = buffered.drain()
+    purges = [(labels, value) for name, labels, value in updates if name == "sluice_purges"]
+    assert purges == [({"connection": "shop", "result": "error"}, 1)]
+    phases = [labels for name, labels, _ in updates if name == PHASE_DURATION]
+    assert phases == [{"phase": "purge_staging", "connection": "shop", "result": "failed"}]
+
+
+async def test_a_metric_that_cannot_be_recorded_never_fails_the_activity() -> None:
+    class Broken(SluiceMetrics):
+        def observe_run(self, run: RecordRunInput) -> None:
+            raise ValueError("a broken exporter")
+
+    buffered = Buffered.create()
+    broken = Broken(Runtime(telemetry=TelemetryConfig(metrics=buffered.buffer)).metric_meter)
+    plan = RunPlan(connection_id="shop", run_id="r1")
+    now = datetime.now(UTC)
+    record = RecordRunInput(
+        plan=plan, workflow_id="sync-shop", status="succeeded", started_at=now, finished_at=now
+    )
+    assert await _execute(_Returning(None), broken, ActivityName.RECORD_RUN, record) is None
+
+
+def test_airbyte_calls_outside_an_activity_are_not_counted() -> None:
+    count_airbyte_call(200)  # the CLI's and the tests' clients: no activity, no meter, no error
