@@ -43,6 +43,8 @@ from workflows.models import (
     PurgeInput,
     RecordRunInput,
     RunPlan,
+    SweepOutcome,
+    SweepRequest,
     SyncRequest,
     SyncSummary,
 )
@@ -677,3 +679,25 @@ async def test_a_metric_that_cannot_be_recorded_never_fails_the_activity() -> No
 
 def test_airbyte_calls_outside_an_activity_are_not_counted() -> None:
     count_airbyte_call(200)  # the CLI's and the tests' clients: no activity, no meter, no error
+
+
+async def test_the_sweeps_deletions_and_kept_runs_are_counted_by_what_was_swept() -> None:
+    buffered = Buffered.create()
+    outcome = SweepOutcome(runs=2, objects_deleted=5, failures=["run-1: legal hold"])
+    await _execute(
+        _Returning(outcome), buffered.metrics, ActivityName.SWEEP_FAILED_STAGING, SweepRequest()
+    )
+    await _execute(
+        _Returning(SweepOutcome(objects_deleted=3)),
+        buffered.metrics,
+        ActivityName.SWEEP_RETAINED_LOGS,
+        SweepRequest(),
+    )
+    updates = buffered.drain()
+    deleted = [(labels, v) for n, labels, v in updates if n == "sluice_sweep_objects_deleted"]
+    assert deleted == [({"what": "staging"}, 5), ({"what": "logs"}, 3)]
+    kept = [(labels, v) for n, labels, v in updates if n == "sluice_sweep_failures"]
+    assert kept == [({"what": "staging"}, 1), ({"what": "logs"}, 0)]
+    # The sweep works for no connection: its phases carry none.
+    phases = [labels["connection"] for n, labels, _ in updates if n == PHASE_DURATION]
+    assert phases == ["", ""]
