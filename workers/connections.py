@@ -202,11 +202,24 @@ class DestinationConfig(_Strict):
         return found
 
 
+class NotifyConfig(_Strict):
+    """Where a connection's notifications go besides SLUICE_NOTIFY_WEBHOOK_URL: a webhook
+    whose URL (a secret) the worker reads from the environment variable ``webhook_env``."""
+
+    webhook_env: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the webhook URL",
+    )
+
+
 class _ConnectionBase(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
     name: str = ""
     staging: str | None = Field(default=None, description="staging root URI, e.g. file:///x/")
     schedule: str | None = Field(default=None, description="cron expression (5 fields)")
+    notify: NotifyConfig | None = Field(
+        default=None, description="the connection's own webhook (workers/notifications.py)"
+    )
 
     @field_validator("schedule")
     @classmethod

@@ -702,3 +702,183 @@ class MetadataStore:
                 .order_by(purge_receipts.c.started_at, purge_receipts.c.receipt_id)
             ).mappings()
             return [_utc(dict(r)) for r in rows]
+
+    # -- notifications: the outbox (workers/notifications.py) -----------------------------------
+
+    def failure_streak(self, connection_id: str, until: datetime) -> list[datetime]:
+        """When each of the connection's failed runs (`failed`, `timed_out`; syncs and
+        replays) finished, newest first, among those finished by `until` and after its last
+        success before `until`. Cancelled runs neither break a streak nor count in it."""
+        until = until.astimezone(UTC)
+        with self.engine.connect() as db:
+            last_success = db.execute(
+                select(func.max(runs.c.finished_at)).where(
+                    runs.c.connection_id == connection_id,
+                    runs.c.status == "succeeded",
+                    runs.c.finished_at < until,
+                )
+            ).scalar()
+            query = (
+                select(runs.c.finished_at)
+                .where(
+                    runs.c.connection_id == connection_id,
+                    runs.c.status.in_(("failed", "timed_out")),
+                    runs.c.finished_at <= until,
+                )
+                .order_by(runs.c.finished_at.desc())
+            )
+            if last_success is not None:
+                query = query.where(runs.c.finished_at > last_success)
+            return [_utc_stamp(stamp) for stamp in db.execute(query).scalars()]
+
+    def enqueue_notifications(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Add notifications to the outbox, each keyed by its `id` (run, event, target): one
+        already there is left as it is, so a retried activity sends nothing twice. Returns how
+        many were added."""
+        added = 0
+        now = _now()
+        for row in rows:
+            try:
+                with self.engine.begin() as db:
+                    db.execute(
+                        insert(notification_outbox).values(
+                            {
+                                "status": "pending",
+                                "attempts": 0,
+                                "created_at": now,
+                                "next_attempt_at": now,
+                                **row,
+                            }
+                        )
+                    )
+                added += 1
+            except IntegrityError:
+                continue
+        return added
+
+    def claim_notifications(
+        self, worker_id: str, lease: timedelta, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Pending notifications that are due, each claimed for `lease` by this worker: a
+        conditional update that only one worker of a fleet wins (SQLite and PostgreSQL alike).
+        A claim whose worker died lapses, and the notification is claimed again."""
+        now = _now()
+        free = notification_outbox.c.claimed_until.is_(None) | (
+            notification_outbox.c.claimed_until < now
+        )
+        with self.engine.connect() as db:
+            due = list(
+                db.execute(
+                    select(notification_outbox.c.id)
+                    .where(
+                        notification_outbox.c.status == "pending",
+                        notification_outbox.c.next_attempt_at <= now,
+                        free,
+                    )
+                    .order_by(notification_outbox.c.next_attempt_at)
+                    .limit(limit)
+                ).scalars()
+            )
+        claimed: list[dict[str, Any]] = []
+        for notification_id in due:
+            with self.engine.begin() as db:
+                won = db.execute(
+                    update(notification_outbox)
+                    .where(
+                        notification_outbox.c.id == notification_id,
+                        notification_outbox.c.status == "pending",
+                        free,
+                    )
+                    .values(claimed_by=worker_id, claimed_until=now + lease)
+                ).rowcount
+                if won:
+                    row = (
+                        db.execute(
+                            select(notification_outbox).where(
+                                notification_outbox.c.id == notification_id
+                            )
+                        )
+                        .mappings()
+                        .one()
+                    )
+                    claimed.append(_utc(dict(row)))
+        return claimed
+
+    def notification_attempted(
+        self,
+        notification_id: str,
+        worker_id: str,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> bool:
+        """Record one delivery attempt of a notification this worker claimed: delivered, to
+        be retried at `retry_at`, or (neither) given up. False when the claim was lost."""
+        now = _now()
+        values: dict[str, Any] = {
+            "attempts": notification_outbox.c.attempts + 1,
+            "last_attempt_at": now,
+            "last_error": error,
+            "claimed_by": None,
+            "claimed_until": None,
+        }
+        if delivered:
+            values.update(status="delivered", delivered_at=now)
+        elif retry_at is not None:
+            values.update(next_attempt_at=retry_at)
+        else:
+            values.update(status="given_up", given_up_at=now)
+        with self.engine.begin() as db:
+            return bool(
+                db.execute(
+                    update(notification_outbox)
+                    .where(
+                        notification_outbox.c.id == notification_id,
+                        notification_outbox.c.claimed_by == worker_id,
+                        notification_outbox.c.status == "pending",
+                    )
+                    .values(values)
+                ).rowcount
+            )
+
+    def notifications(
+        self, *, connection_id: str | None = None, run_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The outbox, oldest first."""
+        query = select(notification_outbox).order_by(
+            notification_outbox.c.created_at, notification_outbox.c.id
+        )
+        if connection_id is not None:
+            query = query.where(notification_outbox.c.connection_id == connection_id)
+        if run_id is not None:
+            query = query.where(notification_outbox.c.run_id == run_id)
+        with self.engine.connect() as db:
+            return [_utc(dict(r)) for r in db.execute(query).mappings()]
+
+
+# What a recorded run is to tell, waiting to be delivered (workers/notifications.py): a webhook
+# message (`target`: the environment variable holding its URL, never the URL itself) or the
+# pause of a connection's schedule (`target`: the schedule id). Its payload holds only what the
+# run's record holds (ids, status, the scrubbed error), never a data or cursor value.
+notification_outbox = Table(
+    "notification_outbox",
+    metadata,
+    Column("id", String(512), primary_key=True),  # run id, event and target
+    Column("connection_id", String(128), nullable=False, index=True),
+    Column("run_id", String(64), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("action", String(16), nullable=False),  # webhook | pause_schedule
+    Column("target", String(256), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False, index=True),  # pending|delivered|given_up
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("claimed_by", String(128)),
+    Column("claimed_until", DateTime(timezone=True)),
+    Column("last_attempt_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("given_up_at", DateTime(timezone=True)),
+)

@@ -172,6 +172,45 @@ class Settings(BaseSettings):
         description="`sluice worker` serves Prometheus metrics (the Temporal SDK's and "
         "Sluice's) on http://0.0.0.0:PORT/metrics; unset: no endpoint",
     )
+    notify_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="a webhook (Slack-compatible JSON) told about every connection's failed "
+        "runs, repeated failures, recoveries and paused schedules; a secret (unset: none; a "
+        "connection may name its own with [connections.notify] webhook_env)",
+    )
+    notify_repeated_failures: int = Field(
+        default=3,
+        ge=0,
+        description="after this many failed runs in a row a connection's webhooks get the "
+        "repeated-failure message (0: never)",
+    )
+    pause_after_failures: int = Field(
+        default=30,
+        ge=0,
+        description="after this many failed runs in a row (and every as many more) the "
+        "connection's schedule is paused, as Airbyte disables a connection (0: never)",
+    )
+    pause_after_failing_days: float = Field(
+        default=14,
+        ge=0,
+        description="a connection whose runs have all failed for this many days has its "
+        "schedule paused, at the first failure past it (0: never)",
+    )
+    notify_timeout_seconds: float = Field(
+        default=10, gt=0, description="one webhook request gives up after this long"
+    )
+    notify_retry_seconds: float = Field(
+        default=5,
+        gt=0,
+        description="the first retry of a notification waits this long, each next one twice as "
+        "long (at most 10 minutes)",
+    )
+    notify_give_up_hours: float = Field(
+        default=24,
+        gt=0,
+        description="a notification not delivered this long after its run was recorded is "
+        "given up (and recorded as such)",
+    )
 
     @field_validator("purge_allow", "codec_allowed_origins", mode="before")
     @classmethod
@@ -181,7 +220,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "codec_token", "codec_tls_cert", "codec_tls_key", "metrics_port", mode="before"
+        "codec_token",
+        "codec_tls_cert",
+        "codec_tls_key",
+        "metrics_port",
+        "notify_webhook_url",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:

@@ -20,6 +20,7 @@ from workers.connectors.executors import ConnectorInstaller
 from workers.errors import ErrorReporting
 from workers.metadata import MetadataStore
 from workers.metrics import MetricsReporting, SluiceMetrics
+from workers.notifications import NotificationDelivery, NotificationOutbox, RunNotices
 from workers.purging import Purger
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
@@ -56,6 +57,9 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         environ=os.environ,
         locks=locks,
     )
+    # Notifications of recorded runs go into an outbox in the metadata store; this worker's
+    # delivery (any worker's) sends them, and pauses schedules, beside the worker.
+    delivery = NotificationDelivery(metadata, client, settings, os.environ)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -78,7 +82,9 @@ def build_worker(client: Client, settings: Settings) -> Worker:
             # Sluice's metrics, on the meter of the runtime the client (and so the worker)
             # runs on: exported with the SDK's own when that runtime serves Prometheus.
             MetricsReporting(SluiceMetrics(_runtime_of(client).metric_meter)),
+            NotificationOutbox(RunNotices(settings, metadata), wake=delivery.wake),
         ],
+        plugins=[delivery.plugin()],
     )
 
 
