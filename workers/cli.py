@@ -84,7 +84,13 @@ from workers.metrics import MetricsPortError, metrics_runtime
 from workers.purging import Purger
 from workers.run_metadata import RunMetadata
 from workers.runlog import configure_logging
-from workers.schedules import apply_schedules
+from workers.schedules import (
+    SYNC_SCHEDULE_PREFIX,
+    ScheduleNotFoundError,
+    apply_schedules,
+    paused_schedules,
+    resume_schedule,
+)
 from workers.settings import Settings
 from workers.worker import build_worker
 from workflows.models import ReplayRequest, SyncRequest, SyncSummary
@@ -644,11 +650,38 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_schedules(settings: Settings, _args: argparse.Namespace) -> int:
+async def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "resume":
+        return await _resume_schedule(settings, args.connection)
+    if args.connection is not None:
+        raise CliError("sluice schedules apply takes no connection (it applies them all)")
     connections = ConnectionsFile.load(settings.connections_file)
     client = await connect(settings, wait_seconds=3)
-    for schedule_id in await apply_schedules(client, settings, connections):
+    applied = await apply_schedules(client, settings, connections)
+    for schedule_id in applied:
         print(schedule_id)
+    # A paused schedule stays paused (a connection that kept failing, or an operator's pause).
+    for schedule_id, note in (await paused_schedules(client, applied)).items():
+        connection = schedule_id.removeprefix(SYNC_SCHEDULE_PREFIX)
+        resume = (
+            f"sluice schedules resume {connection}"
+            if schedule_id.startswith(SYNC_SCHEDULE_PREFIX)
+            else f"temporal schedule toggle --schedule-id {schedule_id} --unpause"
+        )
+        say(f"{schedule_id} kept paused ({note or 'no note'}); to resume: {resume}", "yellow")
+    return EXIT_OK
+
+
+async def _resume_schedule(settings: Settings, connection_id: str | None) -> int:
+    if connection_id is None:
+        raise CliError("sluice schedules resume needs a CONNECTION")
+    client = await connect(settings, wait_seconds=3)
+    try:
+        resumed = await resume_schedule(client, connection_id)
+    except ScheduleNotFoundError as exc:
+        raise CliError(str(exc)) from None
+    schedule_id = f"{SYNC_SCHEDULE_PREFIX}{connection_id}"
+    say(f"{schedule_id} resumed" if resumed else f"{schedule_id} was not paused")
     return EXIT_OK
 
 
@@ -1001,9 +1034,17 @@ def _parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait until the run has ended and print how"
     )
     schedules = sub.add_parser(
-        "schedules", help="create or update the Temporal schedules (syncs, retention sweep)"
+        "schedules",
+        help="create or update the Temporal schedules (syncs, retention sweep), or resume a "
+        "paused one",
     )
-    schedules.add_argument("action", choices=["apply"])
+    schedules.add_argument("action", choices=["apply", "resume"])
+    schedules.add_argument(
+        "connection",
+        nargs="?",
+        metavar="CONNECTION",
+        help="resume: the connection whose paused schedule runs again",
+    )
     scrub = sub.add_parser(
         "scrub", help="scrub a raw log (FILE or stdin) to stdout; redaction counts on stderr"
     )

@@ -1,7 +1,9 @@
 """Temporal Schedules: one per connection with a `schedule`, and the retention sweep.
 
 Applying is idempotent: a schedule that exists is updated to match the file and the settings; a
-connection's schedule whose cron was removed from the file is deleted.
+connection's schedule whose cron was removed from the file is deleted. A paused schedule stays
+paused, with its note (Sluice pauses a connection that keeps failing: workers/notifications.py):
+only `resume_schedule` (`sluice schedules resume`) or the Temporal CLI or UI un-pauses one.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    ScheduleState,
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from workers.connections import ConnectionsFile
 from workers.run_metadata import RunMetadata
@@ -72,7 +75,10 @@ async def _upsert(client: Client, schedule_id: str, schedule: Schedule) -> None:
         await client.create_schedule(schedule_id, schedule)
     except ScheduleAlreadyRunningError:
 
-        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+        def replace(current: ScheduleUpdateInput) -> ScheduleUpdate:
+            state = current.description.schedule.state
+            if state.paused:  # never un-paused behind the back of whoever paused it
+                schedule.state = ScheduleState(paused=True, note=state.note)
             return ScheduleUpdate(schedule=schedule)
 
         await client.get_schedule_handle(schedule_id).update(replace)
@@ -100,3 +106,38 @@ async def apply_schedules(
             with contextlib.suppress(RPCError):  # deleted meanwhile
                 await client.get_schedule_handle(listed.id).delete()
     return applied
+
+
+async def paused_schedules(client: Client, schedule_ids: list[str]) -> dict[str, str]:
+    """The schedules among `schedule_ids` that are paused, with their notes."""
+    paused: dict[str, str] = {}
+    for schedule_id in schedule_ids:
+        with contextlib.suppress(RPCError):  # deleted meanwhile
+            state = (await client.get_schedule_handle(schedule_id).describe()).schedule.state
+            if state.paused:
+                paused[schedule_id] = state.note or ""
+    return paused
+
+
+class ScheduleNotFoundError(LookupError):
+    """The connection has no schedule in Temporal."""
+
+
+async def resume_schedule(client: Client, connection_id: str) -> bool:
+    """Un-pause the connection's schedule; False when it was not paused. Raises
+    `ScheduleNotFoundError` when there is no such schedule."""
+    schedule_id = f"{SYNC_SCHEDULE_PREFIX}{connection_id}"
+    handle = client.get_schedule_handle(schedule_id)
+    try:
+        state = (await handle.describe()).schedule.state
+        if not state.paused:
+            return False
+        await handle.unpause(note="resumed with sluice schedules resume")
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise ScheduleNotFoundError(
+                f"connection {connection_id!r} has no schedule ({schedule_id}): "
+                "'sluice schedules apply' creates the schedules of the connections with one"
+            ) from None
+        raise
+    return True
