@@ -350,6 +350,7 @@ class NotificationDelivery:
         self.lease = timedelta(seconds=self.timeout + 30)
         self._wake = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -371,32 +372,47 @@ class NotificationDelivery:
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as http:
             self._http = http
-            while True:
-                self._wake.clear()
-                try:
-                    await self.deliver_due()
-                except Exception as exc:  # the store unreachable: try again at the next poll
-                    log.warning("notifications not delivered", error=type(exc).__name__)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_seconds):
-                        await self._wake.wait()
+            try:
+                while True:
+                    self._wake.clear()
+                    try:
+                        await self.deliver_due()
+                    except Exception as exc:  # the store unreachable: try again at the next poll
+                        log.warning("notifications not delivered", error=type(exc).__name__)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.poll_seconds):
+                            await self._wake.wait()
+            finally:
+                # Stopping: attempts under way end here; their claims lapse and any worker
+                # tries them again.
+                for task in list(self._in_flight):
+                    task.cancel()
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def deliver_due(self) -> int:
-        """One pass: every due notification this worker could claim, at once."""
+        """Claim what is due and start delivering it; returns how many were claimed. Each
+        attempt runs on its own: a receiver that hangs holds up only its own notifications."""
+        room = CLAIM_BATCH - len(self._in_flight)
+        if room <= 0:
+            return 0
         rows = await asyncio.to_thread(
-            self.store.claim_notifications, self.worker_id, self.lease, CLAIM_BATCH
+            self.store.claim_notifications, self.worker_id, self.lease, room
         )
-        outcomes = await asyncio.gather(
-            *(self._deliver(row) for row in rows), return_exceptions=True
-        )
-        for row, outcome in zip(rows, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                log.warning(
-                    "notification attempt not recorded",
-                    notification=row["id"],
-                    error=type(outcome).__name__,
-                )
+        for row in rows:
+            task = asyncio.create_task(self._deliver_logged(row))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
         return len(rows)
+
+    async def _deliver_logged(self, row: dict[str, Any]) -> None:
+        try:
+            await self._deliver(row)
+        except Exception as exc:  # the store unreachable: the claim lapses, and it is tried again
+            log.warning(
+                "notification attempt not recorded",
+                notification=row["id"],
+                error=type(exc).__name__,
+            )
 
     async def _deliver(self, row: dict[str, Any]) -> None:
         try:
