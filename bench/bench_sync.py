@@ -183,6 +183,7 @@ class TreeSampler:
         self.peak_sum_kib = 0
         self.peak_one_kib = 0
         self.descendants: set[int] = set()
+        self.root_rss: list[tuple[float, int]] = []  # (perf_counter, the root's VmRSS KiB)
         self.children: dict[int, list[Any]] = {}  # pid -> [verb, first seen, last seen]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rss-sampler")
@@ -198,6 +199,8 @@ class TreeSampler:
         total = 0
         for pid in _tree(self.root):
             rss, hwm = _memory_kib(pid)
+            if pid == self.root:
+                self.root_rss.append((now, rss))
             total += rss
             self.peak_one_kib = max(self.peak_one_kib, hwm)
             if pid != self.root:
@@ -221,6 +224,22 @@ class TreeSampler:
     @property
     def peak_mib(self) -> float:
         return max(self.peak_sum_kib, self.peak_one_kib) / 1024
+
+    def root_memory(self, since: float) -> dict[str, float]:
+        """When the root process alone peaked, against when its `read` child was last seen:
+        seconds from `since`, and its RSS then (MiB)."""
+        if not self.root_rss:
+            return {}
+        peak_at, peak = max(self.root_rss, key=lambda sample: sample[1])
+        reads = [last for verb, _first, last in self.children.values() if verb == "read"]
+        out = {"root peak MiB": peak / 1024, "root peak at s": peak_at - since}
+        if reads:
+            read_end = max(reads)
+            before = [rss for at, rss in self.root_rss if at <= read_end]
+            out["read ended at s"] = read_end - since
+            out["root RSS at read end MiB"] = (before[-1] if before else 0) / 1024
+            out["root peak during read MiB"] = max(before, default=0) / 1024
+        return out
 
     def seconds_by_verb(self) -> dict[str, float]:
         """How long the root's children ran, summed per connector verb."""
@@ -750,6 +769,7 @@ async def sluice_sync(
             "phases": phases,
             "connector_processes": len(sampler.descendants),
             "connector_seconds": sampler.seconds_by_verb(),
+            "worker_memory": sampler.root_memory(started),
             "workflow_id": handle.id,
             "bytes_staged": summary.bytes_staged,
             "objects_purged": summary.objects_purged,
@@ -1224,6 +1244,14 @@ def growth_report(results: list[SizeResult], save: bool = True) -> int:
         f"worker peak RSS, largest / smallest size: {growth_rss:+.0%} "
         f"(target within {TARGET_RSS_GROWTH:.0%}) {mark}"
     )
+    print("Worker memory in each Sluice run (the worker process alone, sampled every 50 ms):")
+    for r in results:
+        for number, run in enumerate(r.sluice.runs, 1):
+            memory = run.extra.get("worker_memory") or {}
+            print(
+                f"  count={r.count} run {number}: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in memory.items())
+            )
     print("Sluice runs, seconds per activity (workflow history), median run of each size:")
     for r in results:
         phases = r.sluice.runs[len(r.sluice.runs) // 2].extra["phases"]
