@@ -339,6 +339,8 @@ async def test_a_receiver_that_hangs_or_fails_neither_fails_nor_delays_runs(
         assert closed is not None and closed < row["given_up_at"]
         attempts = [at for _, body, at in receiver.received if body["run_id"] == run_id]
         assert len(attempts) == row["attempts"]
+        # The run had ended before its first attempt could even time out: nothing waited.
+        assert closed < attempts[0] + timedelta(seconds=1)
         assert all(later > earlier for earlier, later in itertools.pairwise(attempts))
     assert took < 30, f"a run took {took:.1f} s"
 
