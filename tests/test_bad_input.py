@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import subprocess
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from tests.support.session import REPO
 from workers.cli import start_sync
 from workers.connections import ConnectionsFile, ConnectionsFileError
 from workers.settings import Settings
+from workers.shredding import unseal
 from workflows.models import SyncRequest, SyncSummary
 from workflows.sync import SyncConnectionWorkflow
 
@@ -133,10 +135,16 @@ async def test_connector_exiting_non_zero_mid_stream_keeps_staging_and_loads_onl
     staged = list(run_dirs[0].rglob("*.jsonl.gz"))
     assert staged
 
+    # Sealed with the run's key, which lives as long as the staging is kept for replay.
+    key = sluice.metadata.existing_staging_key(run_dirs[0].name)
+    assert key is not None
     staged_ids = []
     for path in staged:
-        with gzip.open(path, "rt") as lines:
-            staged_ids += [json.loads(line)["record"]["data"]["id"] for line in lines]
+        plain = io.BytesIO()
+        with path.open("rb") as sealed:
+            unseal(sealed, plain, key, what=str(path))
+        lines = gzip.decompress(plain.getvalue()).decode().splitlines()
+        staged_ids += [json.loads(line)["record"]["data"]["id"] for line in lines]
     staged_ids.sort()
     assert staged_ids == [1, 2, 3, 4, 5, 6]
 
