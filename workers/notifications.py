@@ -420,12 +420,18 @@ class NotificationDelivery:
                 await self._pause(row)
             else:
                 await self._post(row)
-        except DeliveryFailedError as exc:
+        except Exception as exc:
+            # Recorded as an attempt like any other, so that it, too, is given up in time.
+            error = (
+                str(exc)
+                if isinstance(exc, DeliveryFailedError)
+                else f"unexpected {type(exc).__name__}"
+            )
             retry_at = self._retry_at(row)
             log.warning(
                 "notification not delivered",
                 notification=row["id"],
-                error=str(exc),
+                error=error,
                 gives_up=retry_at is None,
             )
             await asyncio.to_thread(
@@ -433,7 +439,7 @@ class NotificationDelivery:
                 row["id"],
                 self.worker_id,
                 delivered=False,
-                error=str(exc),
+                error=error,
                 retry_at=retry_at,
             )
             return
@@ -485,12 +491,13 @@ class NotificationDelivery:
         fields, reason = pause["fields"], pause["reason"]
         note: str | None = pause_note(row["connection_id"], reason, row["run_id"])
         handle = self.client.get_schedule_handle(schedule_id)
+        rpc_timeout = timedelta(seconds=self.timeout)
         try:
-            description = await handle.describe()
+            description = await handle.describe(rpc_timeout=rpc_timeout)
             if description.schedule.state.paused:
                 outcome, note = "already_paused", description.schedule.state.note
             else:
-                await handle.pause(note=note)
+                await handle.pause(note=note, rpc_timeout=rpc_timeout)
                 outcome = "paused"
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
