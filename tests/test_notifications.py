@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import subprocess
 import threading
 import uuid
@@ -26,7 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.connections import items_connection, protocol_connector
 from tests.support.postgres import scratch_database
-from tests.support.processes import wait_until
+from tests.support.processes import wait_until, worker_process
 from tests.support.session import REPO
 from workers.cli import start_sync
 from workers.client import ui_link
@@ -286,6 +287,45 @@ async def test_recovery_repeated_failures_and_a_paused_schedule_that_apply_keeps
         assert unknown.returncode == 2 and "has no schedule" in unknown.stderr
     finally:
         await schedule.delete()
+
+
+async def test_sluice_worker_delivers_from_its_own_process(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+    receiver: Receiver,
+) -> None:
+    """`sluice worker` runs the delivery beside its worker, configured by the environment as
+    a deployment is, and stops it with the worker."""
+    connection_id = unique("process")
+    connections, flag = flaky_connection(
+        tmp_path, connection_id, '[connections.notify]\nwebhook_env = "TEAM_WEBHOOK"\n'
+    )
+    flag.touch()
+    settings = make_settings(connections)
+    worker = worker_process(
+        settings,
+        temporal_env,
+        tmp_path / "worker.log",
+        {
+            "SLUICE_SYNC_ATTEMPTS": "1",
+            "SLUICE_NOTIFY_WEBHOOK_URL": f"{receiver.url}/global",
+            "TEAM_WEBHOOK": f"{receiver.url}/team",
+        },
+    )
+    try:
+        run_id, succeeded = await sync(client, settings, connection_id)
+        assert not succeeded
+        store = MetadataStore.from_url(settings.resolved_metadata_url)
+        await wait_until(settled(store, run_id))
+        for path in ("/global", "/team"):
+            [message] = receiver.messages(path)
+            assert message["event"] == "run_failed" and message["run_id"] == run_id
+        assert {r["status"] for r in store.notifications(run_id=run_id)} == {"delivered"}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()
 
 
 @pytest.mark.parametrize("mode", ["hang", "error"])
