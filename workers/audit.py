@@ -41,8 +41,6 @@ from temporalio.client import Client
 from purge.scrub import MIN_FREE_TEXT_LENGTH, LogScrubber, RedactionKind, state_leaf_values
 from purge.scrub.spans import _Span
 from purge.stores import StagingStore, parse_store_uri
-from workers.activities.airbyte import airbyte_server
-from workers.airbyte.api import AirbyteClient
 from workers.client import connect
 from workers.codec import EncryptionCodec
 from workers.connections import AirbyteConnection, Connection, ConnectionsFile
@@ -398,6 +396,10 @@ async def _needles(
         looked.notes.append(
             "record values not sampled: Airbyte's destination is Airbyte's to read, not Sluice's"
         )
+        # The Airbyte SDK costs most of the CLI's start-up: imported only when needed.
+        from workers.activities.airbyte import airbyte_server
+        from workers.airbyte.api import AirbyteClient
+
         try:
             client = AirbyteClient(airbyte_server(settings))
             try:

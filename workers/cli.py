@@ -56,7 +56,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from purge.errors import PurgeError
 from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
-from workers import audit, runs_report
+from workers import runs_report
 from workers.activities.locks import ConnectionLocks
 from workers.client import (
     SearchAttributesMissingError,
@@ -786,8 +786,14 @@ async def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     """Look for cursor and record values in everything Sluice retains (workers/audit.py): exit
     0 when everything was scanned and nothing found, 1 when something was found, 5 when
     something could not be scanned (and nothing was found)."""
+    # Imported here: the audit reads every kind of destination, which the other commands'
+    # start-up need not pay for.
+    from workers import audit
+
     report = await audit.run_audit(
-        settings, connection_id=args.connection, sample_rows=args.sample_rows
+        settings,
+        connection_id=args.connection,
+        **({"sample_rows": args.sample_rows} if args.sample_rows else {}),
     )
     print(json.dumps(report.as_json(), indent=2) if args.json else audit.report_text(report))
     return {"clean": EXIT_OK, "found": EXIT_FAILED}.get(report.outcome, EXIT_UNREACHABLE)
@@ -1091,8 +1097,7 @@ def _parser() -> argparse.ArgumentParser:
     audit_parser.add_argument(
         "--sample-rows",
         type=_positive_int,
-        default=audit.DEFAULT_SAMPLE_ROWS,
-        help=f"rows read back per stream table for record values ({audit.DEFAULT_SAMPLE_ROWS})",
+        help="rows read back per stream table for record values (default 20)",
     )
     demo = sub.add_parser(
         "demo", help="start what is missing, sync the example connection twice, show summaries"
