@@ -213,6 +213,9 @@ async def _replayed_without_reading_the_source_again(
     store = MetadataStore.from_url(settings.resolved_metadata_url)
     assert store.get_run(failed)["status"] == "failed"
     assert ids(warehouse) == list(range(1, 11))  # the first commit only
+    # The failed run's record counts what it committed before it failed.
+    failed_row = store.get_run(failed)
+    assert failed_row["records"] == 10 and failed_row["records_by_stream"] == {"items": 10}
     assert reads(tmp_path) == 1
     assert staged(settings, failed)  # kept for the replay
 

@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         RunStatus,
         RunSyncInput,
         ScrubOutcome,
+        StreamOutcome,
         SyncOutcome,
         SyncRequest,
         SyncSummary,
@@ -108,6 +109,24 @@ def _scrub_of_failure(error: ActivityError) -> ScrubOutcome | None:
         if isinstance(detail, dict):
             return ScrubOutcome.model_validate(detail)
     return None
+
+
+def _committed_before_failure(error: ActivityError, run_id: str) -> SyncOutcome:
+    """What a failed sync committed before it failed (records per stream, bytes staged), from
+    the counts its failure carries; nothing when it carries none (an older worker)."""
+    cause = error.cause
+    detail = cause.details[0] if isinstance(cause, ApplicationError) and cause.details else None
+    committed = detail.get("committed") if isinstance(detail, dict) else None
+    if not isinstance(committed, dict):
+        return SyncOutcome(run_id=run_id, streams=[])
+    records = committed.get("records") or {}
+    return SyncOutcome(
+        run_id=run_id,
+        streams=[StreamOutcome(name=str(sid), records=int(n)) for sid, n in records.items()],
+        bytes_staged=int(committed.get("bytes_staged") or 0),
+        batches=int(committed.get("batches") or 0),
+        states_committed=int(committed.get("states") or 0),
+    )
 
 
 def _passed_deadline(error: BaseException) -> bool:
@@ -345,7 +364,9 @@ class SyncConnectionWorkflow:
         except ActivityError as err:
             scrub = _scrub_of_failure(err)
             if scrub is not None:
-                end.outcome = SyncOutcome(run_id=plan.run_id, streams=[], scrub=scrub)
+                end.outcome = _committed_before_failure(err, plan.run_id).model_copy(
+                    update={"scrub": scrub}
+                )
             raise
         return outcome
 

@@ -246,11 +246,15 @@ class SyncActivities:
             raise CancelledError("sync cancelled; its log was scrubbed and retained")
         if failure is not None:
             # The message goes into Temporal's history: scrubbed like the log. The retained
-            # log travels in the details, so that the run's record can point at it.
+            # log travels in the details, so that the run's record can point at it, and so do
+            # the counts of what the run committed before it failed (names and counts only).
+            details = scrub.model_dump(mode="json")
+            if isinstance(heartbeater.details, SyncProgress):
+                details["committed"] = heartbeater.details.model_dump(mode="json")
             raise as_application_error(
                 failure,
                 context=f"connection {connection.id!r}",
-                details=scrub.model_dump(mode="json"),
+                details=details,
                 redact=scrubber.scrub_line,
             )
         assert outcome is not None
