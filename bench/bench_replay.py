@@ -49,7 +49,7 @@ from workers.client import ensure_search_attributes  # noqa: E402
 from workers.codec import data_converter, new_key_spec, parse_keys  # noqa: E402
 from workers.settings import Settings  # noqa: E402
 from workers.worker import build_worker  # noqa: E402
-from workflows.models import ReplayRequest, SyncRequest  # noqa: E402
+from workflows.models import ReplayRequest, SyncRequest, SyncSummary  # noqa: E402
 
 ADMIN_DSN = os.environ.get("SLUICE_BENCH_PG_DSN", "host=127.0.0.1 port=5432 user=postgres")
 DSN_ENV = "BENCH_REPLAY_DSN"
@@ -60,7 +60,7 @@ def connections(faker: str, count: int) -> str:
         f"{key} = {json.dumps(value)}" for key, value in {**FAKER_CONFIG, "count": count}.items()
     )
     body = ""
-    for connection_id in ("fresh", "replayed"):
+    for connection_id in ("fresh", "replayed", "replayed-only"):
         body += f"""
 [[connections]]
 id = "{connection_id}"
@@ -81,30 +81,30 @@ destination_mode = "append_dedup"
     return body
 
 
-def refuse_commits(dsn: str) -> None:
-    """The ``replayed`` warehouse refuses every state write: each commit fails, after the run
+def refuse_commits(dsn: str, schema: str) -> None:
+    """The connection's warehouse refuses every state write: each commit fails, after the run
     staged what it read."""
     with psycopg.connect(dsn, autocommit=True) as db:
-        db.execute('CREATE SCHEMA "replayed"')
+        db.execute(f'CREATE SCHEMA "{schema}"')
         db.execute(
-            'CREATE TABLE "replayed"._sluice_state (connection_id text NOT NULL, '
+            f'CREATE TABLE "{schema}"._sluice_state (connection_id text NOT NULL, '
             "state_key text NOT NULL, state json NOT NULL, run_id text, "
             "committed_at timestamptz NOT NULL DEFAULT now(), "
             "PRIMARY KEY (connection_id, state_key))"
         )
         db.execute(
-            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN RAISE EXCEPTION 'the warehouse is read-only for maintenance'; END $$"
         )
         db.execute(
-            'CREATE TRIGGER maintenance BEFORE INSERT OR UPDATE ON "replayed"._sluice_state '
+            f'CREATE TRIGGER maintenance BEFORE INSERT OR UPDATE ON "{schema}"._sluice_state '
             "FOR EACH STATEMENT EXECUTE FUNCTION refuse()"
         )
 
 
-def allow_commits(dsn: str) -> None:
+def allow_commits(dsn: str, schema: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as db:
-        db.execute('DROP TRIGGER maintenance ON "replayed"._sluice_state')
+        db.execute(f'DROP TRIGGER maintenance ON "{schema}"._sluice_state')
 
 
 def rows(dsn: str, schema: str) -> dict[str, int]:
@@ -119,7 +119,8 @@ async def bench(count: int, workdir: Path) -> int:
     faker = find_faker()
     with bench_database(ADMIN_DSN) as dsn, temporal_dev_server(workdir) as server:
         os.environ[DSN_ENV] = dsn
-        refuse_commits(dsn)
+        refuse_commits(dsn, "replayed")
+        refuse_commits(dsn, "replayed-only")
         (workdir / "connections.toml").write_text(connections(faker, count), encoding="utf-8")
         keys = new_key_spec("bench")
         settings = Settings(
@@ -145,25 +146,15 @@ async def bench(count: int, workdir: Path) -> int:
             fresh = await handle.result()
             fresh_seconds = time.monotonic() - started
 
-            failed_handle = await start_sync(
-                client, settings, SyncRequest(connection_id="replayed")
+            replay, replay_seconds = await failed_then_replayed(
+                client, settings, dsn, "replayed", continue_=True
             )
-            try:
-                await failed_handle.result()
-                raise SystemExit("the run meant to fail succeeded")
-            except WorkflowFailureError:
-                pass
-            failed = (await failed_handle.describe()).run_id
-            allow_commits(dsn)
-
-            started = time.monotonic()
-            replay_handle = await start_replay(
-                client, settings, ReplayRequest.model_validate({"run_id": failed})
+            only, only_seconds = await failed_then_replayed(
+                client, settings, dsn, "replayed-only", continue_=False
             )
-            replay = await replay_handle.result()
-            replay_seconds = time.monotonic() - started
 
-        fresh_rows, replayed_rows = rows(dsn, "fresh"), rows(dsn, "replayed")
+        fresh_rows = rows(dsn, "fresh")
+        replayed_rows, only_rows = rows(dsn, "replayed"), rows(dsn, "replayed-only")
     records = sum(fresh.records.values())
     ratio = replay_seconds / fresh_seconds
     print()
@@ -181,19 +172,49 @@ async def bench(count: int, workdir: Path) -> int:
         f"nothing for the {sum(replay.replay.records.values()):,} replayed records; one "
         "continuing read from the committed state |"
     )
+    print(
+        f"| replay, `--no-continue` | {only_seconds:.2f} | {records / only_seconds:,.0f} | none |"
+    )
     print()
     print(f"replay / fresh sync: {ratio:.2f} (expectation: below 0.50)")
-    same = fresh_rows == replayed_rows
+    print(f"replay without the continuing read / fresh sync: {only_seconds / fresh_seconds:.2f}")
+    same = fresh_rows == replayed_rows == only_rows
     print(
-        f"rows per stream: fresh {fresh_rows}, replayed {replayed_rows} "
-        f"({'the same' if same else 'DIFFERENT'})"
+        f"rows per stream: fresh {fresh_rows}, replayed {replayed_rows}, replayed without "
+        f"continuing {only_rows} ({'the same' if same else 'DIFFERENT'})"
     )
     print(
         f"replay: {replay.replay.commits} staged commit(s) committed, "
         f"{replay.replay.dropped_batches} batch file(s) dropped; receipts "
         f"{replay.receipt_id} and {replay.replayed_receipt_id}"
     )
+    assert only.replay is not None
+    print(
+        f"replay without continuing: {only.replay.commits} staged commit(s) committed, "
+        f"{sum(only.replay.records.values()):,} records, receipts {only.receipt_id} and "
+        f"{only.replayed_receipt_id}"
+    )
     return 0 if same else 1
+
+
+async def failed_then_replayed(
+    client: Client, settings: Settings, dsn: str, connection_id: str, *, continue_: bool
+) -> tuple[SyncSummary, float]:
+    """A run of the connection that fails at its commit (untimed), then its replay (timed)."""
+    handle = await start_sync(client, settings, SyncRequest(connection_id=connection_id))
+    try:
+        await handle.result()
+        raise SystemExit("the run meant to fail succeeded")
+    except WorkflowFailureError:
+        pass
+    failed = (await handle.describe()).run_id
+    allow_commits(dsn, connection_id)
+    started = time.monotonic()
+    replay = await start_replay(
+        client, settings, ReplayRequest.model_validate({"run_id": failed, "continue": continue_})
+    )
+    summary = await replay.result()
+    return summary, time.monotonic() - started
 
 
 def main() -> int:
