@@ -437,3 +437,45 @@ async def test_a_postgres_destination_is_read_back_and_its_values_found(
         )
     found = await run_audit(settings, client=client, connection_id=connection_id)
     assert [(h.place, h.kind) for h in found.hits] == [(Place.METADATA, HitKind.RECORD_VALUE)]
+
+
+async def test_a_failed_runs_staging_kept_for_replay_is_listed_not_found_until_its_ttl(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    run_worker: Any,
+    client: Client,
+) -> None:
+    """A failed run keeps its (sealed) staging for a replay: the audit lists it as kept and
+    stays clean; once the run is older than the failed-staging TTL (the sweep is late), the
+    same staging is a finding."""
+    connection_id = f"audit-{uuid.uuid4().hex[:8]}"
+    failing = READ + '\nprint("upstream API went away", file=sys.stderr, flush=True)\nsys.exit(3)'
+    settings = make_settings(
+        items_connection(
+            protocol_connector(tmp_path, "source-failing", failing),
+            tmp_path / "w.duckdb",
+            connection_id=connection_id,
+        ),
+        sync_attempts=1,
+        batch_records=1000,
+    )
+    await run_worker(settings)
+    handle = await start_sync(client, settings, SyncRequest(connection_id=connection_id))
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    run_id = (await handle.describe()).run_id
+
+    kept = await run_audit(settings, client=client, connection_id=connection_id)
+    assert kept.outcome == "clean", [h.describe() for h in kept.hits]
+    assert [h.location["run"] for h in kept.kept] == [f"{run_id} (failed)"]
+
+    metadata = MetadataStore.from_url(settings.resolved_metadata_url)
+    with metadata.engine.begin() as db:
+        db.execute(
+            update(runs)
+            .where(runs.c.run_id == run_id)
+            .values(finished_at=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+    late = await run_audit(settings, client=client, connection_id=connection_id)
+    assert late.outcome == "found" and late.kept == []
+    assert [h["location"]["run"] for h in hits(late, Place.STAGING)] == [f"{run_id} (failed)"]

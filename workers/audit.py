@@ -26,6 +26,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,9 @@ class AuditReport:
     unscanned: list[Unscanned] = field(default_factory=list)
     hits: list[Hit] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kept: list[Hit] = field(default_factory=list)
+    """Staging a failed run keeps for its replay: sealed with a key that still exists, within
+    SLUICE_FAILED_STAGING_TTL_DAYS. Listed, not a finding: the transfer did not complete."""
 
     @property
     def outcome(self) -> str:
@@ -164,6 +168,7 @@ class AuditReport:
                 {"place": str(u.place), "what": u.what, "reason": u.reason} for u in self.unscanned
             ],
             "hits": [hit.as_json() for hit in self.hits],
+            "kept_for_replay": [hit.as_json() for hit in self.kept],
             "notes": self.notes,
         }
 
@@ -188,6 +193,12 @@ def report_text(report: AuditReport) -> str:
     if report.unscanned:
         lines.append(f"NOT SCANNED ({len(report.unscanned)}):")
         lines.extend(f"  {u.describe()}" for u in report.unscanned)
+    if report.kept:
+        lines.append(
+            f"kept for replay ({len(report.kept)}; sealed, their keys alive, within the "
+            "failed-staging TTL: not findings):"
+        )
+        lines.extend(f"  {hit.describe()}" for hit in report.kept)
     if report.hits:
         lines.append(f"FOUND ({len(report.hits)}):")
         lines.extend(f"  {hit.describe()}" for hit in report.hits)
@@ -730,7 +741,15 @@ def _scan_staging(
         recorded = {
             str(r["run_id"]): dict(r)
             for r in db.execute(
-                select(runs.c.run_id, runs.c.connection_id, runs.c.status, runs.c.staging_target)
+                select(
+                    runs.c.run_id,
+                    runs.c.connection_id,
+                    runs.c.status,
+                    runs.c.staging_target,
+                    runs.c.committed,
+                    runs.c.staging_swept_at,
+                    runs.c.finished_at,
+                )
             ).mappings()
         }
     running = metadata.running_runs()
@@ -779,9 +798,27 @@ def _scan_staging(
                     f"{parts[1]} ({run['status']})" if run else "not a run Sluice knows"
                 )
             connection_id = root.airbyte_connection or (parts[0] if len(parts) >= 3 else None)
-            report.hits.append(
-                Hit(Place.STAGING, HitKind.LEFTOVER_STAGING, location, connection_id)
-            )
+            hit = Hit(Place.STAGING, HitKind.LEFTOVER_STAGING, location, connection_id)
+            if run is not None and _kept_for_replay(run, parts[1], settings, metadata):
+                report.kept.append(hit)
+            else:
+                report.hits.append(hit)
+
+
+def _kept_for_replay(
+    run: Mapping[str, Any], run_id: str, settings: Settings, metadata: MetadataStore
+) -> bool:
+    """Whether a run's staging is kept on purpose: it did not commit (so a replay may finish
+    it), the sweep's TTL has not passed, and it is sealed with a key that still exists."""
+    if run["status"] == "succeeded" or run.get("committed") or run.get("staging_swept_at"):
+        return False
+    finished = run.get("finished_at")
+    if finished is None:
+        return False
+    finished = finished.replace(tzinfo=UTC) if finished.tzinfo is None else finished
+    if finished < datetime.now(UTC) - timedelta(days=settings.failed_staging_ttl_days):
+        return False
+    return metadata.existing_staging_key(run_id) is not None
 
 
 # -- the audit -----------------------------------------------------------------------------------
