@@ -50,14 +50,16 @@ def warehouse(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield dsn
 
 
-def counting_source(tmp_path: Path, *, crash_at: int = 0) -> Path:
+def counting_source(tmp_path: Path, *, crash_at: int = 0, gated: bool = False) -> Path:
     """Records 1..LAST after the state it is given, a STATE after every tenth; every `read` is
-    counted in `reads`. `crash_at`: exit 3 right after emitting that record (a crash)."""
+    counted in `reads`. `crash_at`: exit 3 right after emitting that record (a crash).
+    `gated`: on a first read, wait for the test's `go` file after the first STATE (so that the
+    test can make the warehouse refuse writes between the first commit and the next)."""
     return protocol_connector(
         tmp_path,
         "counting-source",
         f"""
-        import os
+        import os, time
         with open({str(tmp_path / "reads")!r}, "a") as reads:
             reads.write("read\\n")
         start = 0
@@ -72,32 +74,8 @@ def counting_source(tmp_path: Path, *, crash_at: int = 0) -> Path:
                 sys.exit(3)
             if i % 10 == 0:
                 state(f"{{i:04d}}")
-        """,
-    )
-
-
-def gated_source(tmp_path: Path) -> Path:
-    """As counting_source, waiting for `go` after its first STATE (so that the test can make
-    the warehouse refuse writes between the first commit and the next)."""
-    go = tmp_path / "go"
-    return protocol_connector(
-        tmp_path,
-        "gated-source",
-        f"""
-        import os, time
-        with open({str(tmp_path / "reads")!r}, "a") as reads:
-            reads.write("read\\n")
-        start = 0
-        if "--state" in sys.argv:
-            with open(sys.argv[sys.argv.index("--state") + 1]) as given:
-                for message in json.load(given):
-                    start = int(message["stream"]["stream_state"]["updated_at"])
-        for i in range(start + 1, {LAST} + 1):
-            record(i, f"{{i:04d}}")
-            if i % 10 == 0:
-                state(f"{{i:04d}}")
-                if start == 0 and i == 10:
-                    while not os.path.exists({str(go)!r}):
+                if {gated!r} and start == 0 and i == 10:
+                    while not os.path.exists({str(tmp_path / "go")!r}):
                         time.sleep(0.05)
         """,
     )
@@ -195,7 +173,9 @@ async def test_a_run_failed_at_the_destination_is_replayed_without_reading_the_s
     warehouse: str,
 ) -> None:
     client = history_client
-    settings = make_settings(connection(gated_source(tmp_path)), batch_records=10, sync_attempts=1)
+    settings = make_settings(
+        connection(counting_source(tmp_path, gated=True)), batch_records=10, sync_attempts=1
+    )
     async with build_worker(client, settings):
         await _replayed_without_reading_the_source_again(tmp_path, settings, client, warehouse)
 
@@ -387,7 +367,7 @@ async def test_a_worker_killed_in_the_middle_of_a_replay_leaves_every_row_exactl
     warehouse: str,
 ) -> None:
     settings = make_settings(
-        connection(gated_source(tmp_path)),
+        connection(counting_source(tmp_path, gated=True)),
         batch_records=10,
         sync_attempts=1,
         heartbeat_timeout_seconds=4,

@@ -490,22 +490,31 @@ async def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
             f"connection {request.connection_id!r} is already syncing as workflow "
             f"{exc.workflow_id}: {ui_link(settings, exc.workflow_id)}"
         ) from None
-    link = ui_link(settings, handle.id, handle.result_run_id)
-    say(f"started {handle.id}: {link}")
     if not args.wait:
+        say(f"started {handle.id}: {ui_link(settings, handle.id, handle.result_run_id)}")
         print(handle.id)
         return EXIT_OK
+    return await _report_run(settings, handle, "sync", f"sync {request.connection_id}")
+
+
+async def _report_run(
+    settings: Settings, handle: WorkflowHandle[Any, SyncSummary], what: str, label: str
+) -> int:
+    """Say where a started run is, wait for it showing its phase, print its summary (or the
+    root cause of its failure) and exit as it ended."""
+    link = ui_link(settings, handle.id, handle.result_run_id)
+    say(f"started {handle.id}: {link}")
     try:
-        summary = await _wait_with_progress(handle, f"sync {request.connection_id}")
+        summary = await _wait_with_progress(handle, label)
     except WorkflowFailureError as exc:
-        return report_failure("sync", exc)
+        return report_failure(what, exc)
     except asyncio.CancelledError:
         say(f"stopped waiting; the run goes on in Temporal: {link}")
         raise
     out.print_json(summary.model_dump_json())
     if summary.status != "succeeded":
         console.print(
-            Text.assemble((f"sync {summary.status.replace('_', ' ')}: ", "red"), f"see {link}")
+            Text.assemble((f"{what} {summary.status.replace('_', ' ')}: ", "red"), f"see {link}")
         )
     return _STATUS_EXIT.get(summary.status, EXIT_FAILED)
 
@@ -540,17 +549,7 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
             f"run {request.run_id} is already being replayed as workflow {exc.workflow_id}: "
             f"{ui_link(settings, exc.workflow_id)}"
         ) from None
-    link = ui_link(settings, handle.id, handle.result_run_id)
-    say(f"started {handle.id}: {link}")
-    try:
-        summary = await _wait_with_progress(handle, f"replay of run {request.run_id}")
-    except WorkflowFailureError as exc:
-        return report_failure("replay", exc)
-    except asyncio.CancelledError:
-        say(f"stopped waiting; the replay goes on in Temporal: {link}")
-        raise
-    out.print_json(summary.model_dump_json())
-    return _STATUS_EXIT.get(summary.status, EXIT_FAILED)
+    return await _report_run(settings, handle, "replay", f"replay of run {request.run_id}")
 
 
 def _where_the_data_is(connection: Connection) -> str:

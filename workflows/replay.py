@@ -21,7 +21,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -30,8 +29,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows import search_attributes
     from workflows.models import (
         ActivityName,
-        PurgeInput,
-        PurgeReceipt,
         ReplayOutcome,
         ReplayRequest,
         RunPlan,
@@ -41,9 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.sync import (
         RETRY,
         RunEnd,
-        RunFailed,
         SyncConnectionWorkflow,
-        failure_message,
         remaining,
     )
 
@@ -91,27 +86,7 @@ class ReplayFailedSyncWorkflow(SyncConnectionWorkflow):
         if plan.backend != "local" or plan.replay_of is None:
             return  # Airbyte stages per connection: the run's own purge covered it
         self._set_phase(f"purging the staging of run {plan.replay_of}")
-        try:
-            receipt: PurgeReceipt = await self._to_completion(
-                workflow.execute_activity(
-                    ActivityName.PURGE_STAGING,
-                    PurgeInput(plan=plan, of_run=plan.replay_of),
-                    result_type=PurgeReceipt,
-                    start_to_close_timeout=timedelta(hours=6),
-                    heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
-                    retry_policy=RETRY,
-                ),
-                end,
-            )
-        except ActivityError as err:
-            raise RunFailed(
-                f"purge of run {plan.replay_of}'s staging failed: {failure_message(err)}"
-            ) from None
-        end.replayed_receipt = receipt
-        if not receipt.verified_empty:
-            raise RunFailed(
-                f"purge verification found objects left under run {plan.replay_of}'s staging"
-            )
+        await self._purge(plan, end, of_run=plan.replay_of)
 
 
 def _with_replayed(outcome: SyncOutcome, replay: ReplayOutcome) -> SyncOutcome:

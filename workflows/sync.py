@@ -241,11 +241,18 @@ class SyncConnectionWorkflow:
         if plan.staging_uri is None:
             return
         self._set_phase("purging staging")
+        await self._purge(plan, end)
+        await self._after_purge(plan, end)
+
+    async def _purge(self, plan: RunPlan, end: RunEnd, of_run: str | None = None) -> None:
+        """Purge the run's staging (`of_run`: a failed run's, which this run finished) to
+        completion, its receipt kept in `end`; fail the run unless it is verified empty."""
+        failed = "purge failed" if of_run is None else f"purge of run {of_run}'s staging failed"
         try:
             receipt: PurgeReceipt = await self._to_completion(
                 workflow.execute_activity(
                     ActivityName.PURGE_STAGING,
-                    PurgeInput(plan=plan),
+                    PurgeInput(plan=plan, of_run=of_run),
                     result_type=PurgeReceipt,
                     start_to_close_timeout=timedelta(hours=6),
                     heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
@@ -254,11 +261,14 @@ class SyncConnectionWorkflow:
                 end,
             )
         except ActivityError as err:
-            raise RunFailed(f"purge failed: {failure_message(err)}") from None
-        end.receipt = receipt
+            raise RunFailed(f"{failed}: {failure_message(err)}") from None
+        if of_run is None:
+            end.receipt = receipt
+        else:
+            end.replayed_receipt = receipt
         if not receipt.verified_empty:
-            raise RunFailed("purge verification found objects left under the staging prefix")
-        await self._after_purge(plan, end)
+            where = "the staging prefix" if of_run is None else f"run {of_run}'s staging"
+            raise RunFailed(f"purge verification found objects left under {where}")
 
     async def _after_purge(self, plan: RunPlan, end: RunEnd) -> None:
         """What a run purges besides its own staging (a replay: the failed run's)."""

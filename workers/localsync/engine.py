@@ -39,7 +39,7 @@ from workers.connectors.protocol import (
 )
 from workers.destinations.base import Destination, RecordsRefusedError, StreamTable
 from workers.localsync.batches import Batch, StreamBatches, first_bad_record
-from workers.localsync.commits import Committer, plan_commit
+from workers.localsync.commits import CommitPlan, Committer, plan_commit
 from workers.localsync.journal import (
     CommitEntry,
     Manifest,
@@ -391,11 +391,10 @@ class LocalSync:
 
     # -- committing -----------------------------------------------------------------------------
 
-    def _commit(self, attempt: _Attempt, *, final: bool) -> None:
-        """Hand the batches that the pending states cover, and those states, to the committer
-        (commits.plan_commit says which)."""
+    def _plan_commit(self, attempt: _Attempt, *, final: bool) -> CommitPlan:
+        """The commit of the states pending now (commits.plan_commit)."""
         streams = attempt.streams
-        plan = plan_commit(
+        return plan_commit(
             attempt.pending_states,
             attempt.held_states,
             {sid: s.state_key for sid, s in streams.items()},
@@ -405,6 +404,12 @@ class LocalSync:
             before=self.before_state,
             ran_all=attempt.ran_all,
         )
+
+    def _commit(self, attempt: _Attempt, *, final: bool) -> None:
+        """Hand the batches that the pending states cover, and those states, to the committer
+        (commits.plan_commit says which)."""
+        streams = attempt.streams
+        plan = self._plan_commit(attempt, final=final)
         attempt.pending_states.clear()
         attempt.held_states = plan.held
         batches = {sid: attempt.batches[sid].take() for sid in plan.streams}
@@ -459,14 +464,7 @@ class LocalSync:
     def _journal_received(self, attempt: _Attempt) -> None:
         """After a failure: journal the states received but never handed to a commit, with the
         records they cover (up to where each stream stood when its state arrived)."""
-        streams = attempt.streams
-        plan = plan_commit(
-            attempt.pending_states,
-            attempt.held_states,
-            {sid: s.state_key for sid, s in streams.items()},
-            {sid for sid, s in streams.items() if s.table.replace},
-            final=False,
-        )
+        plan = self._plan_commit(attempt, final=False)
         if not plan.states:
             return
         files = {
