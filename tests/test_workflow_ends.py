@@ -31,11 +31,11 @@ from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
 from workers.activities.sync import SyncActivities
 from workers.codec import data_converter, parse_keys
 from workers.connectors.executors import ConnectorInstaller
-from workers.errors import ErrorReporting
 from workers.metadata import MetadataStore, connection_locks
 from workers.purging import Purger
 from workers.retained_logs import LogRetention
 from workers.settings import Settings
+from workers.worker import ErrorReporting
 from workflows.models import (
     ActivityName,
     AirbyteJobInput,

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import botocore.exceptions
 import pydantic
@@ -34,68 +34,29 @@ import pydantic_settings
 import sqlalchemy.exc
 from azure.core.exceptions import ServiceRequestError
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import make_url
-from temporalio.client import (
-    Client,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
-    WorkflowHandle,
-)
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import (
-    ApplicationError,
-    FailureError,
-    TerminatedError,
-    WorkflowAlreadyStartedError,
-)
-from temporalio.exceptions import CancelledError as TemporalCancelledError
-from temporalio.exceptions import TimeoutError as TemporalTimeoutError
-from temporalio.service import RPCError, RPCStatusCode
 
 from purge.errors import PurgeError
-from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
-from workers import runs_report
-from workers.activities.locks import ConnectionLocks
-from workers.client import (
-    SearchAttributesMissingError,
-    TemporalAddressError,
-    TemporalUnreachableError,
-    connect,
-    has_worker,
-    ui_link,
-)
-from workers.codec import EncryptionCodec, PayloadKeyError
-from workers.codec_server import (
-    CodecAccess,
-    CodecServer,
-    CodecServerConfigError,
-    default_origins,
-    normalise_origin,
-    tls_context,
-)
 from workers.connections import Connection, ConnectionsFile, ConnectionsFileError
-from workers.connectors.executors import ConnectorInstaller
-from workers.devserver import DevServerError, is_listening, server_command, start_in_background
 from workers.errors import SluiceError
 from workers.metadata import MetadataStore
-from workers.metrics import MetricsPortError, metrics_runtime
 from workers.purging import Purger
-from workers.run_metadata import RunMetadata
 from workers.runlog import configure_logging
-from workers.schedules import (
-    SYNC_SCHEDULE_PREFIX,
-    ScheduleNotFoundError,
-    apply_schedules,
-    paused_schedules,
-    resume_schedule,
-)
 from workers.settings import Settings
-from workers.worker import build_worker
-from workflows.models import ReplayRequest, SyncRequest, SyncSummary
-from workflows.replay import ReplayFailedSyncWorkflow
-from workflows.sync import SyncConnectionWorkflow
+
+# What only some commands need (Temporal's SDK, the worker, the codec, the scrubber, rich's
+# tables) is imported in those commands: `sluice purge` starts without loading them.
+if TYPE_CHECKING:
+    from rich.table import Table
+    from temporalio.client import (
+        Client,
+        WorkflowExecutionStatus,
+        WorkflowFailureError,
+        WorkflowHandle,
+    )
+
+    from workflows.models import ReplayRequest, SyncRequest, SyncSummary
 
 EXAMPLE_CONNECTION = "faker"
 # Every dynamic text goes out as rich.text.Text (or plain print): never through console markup
@@ -165,6 +126,8 @@ def root_failure(error: BaseException) -> BaseException:
     """What went wrong, under the wrappers Temporal puts around it (WorkflowFailureError ->
     ActivityError -> ApplicationError): the innermost ApplicationError of the cause chain, or
     else its innermost failure (a cancellation, a timeout, a termination)."""
+    from temporalio.exceptions import ApplicationError
+
     chain = _failure_chain(error)
     applications = [e for e in chain if isinstance(e, ApplicationError)]
     return applications[-1] if applications else chain[-1]
@@ -172,6 +135,8 @@ def root_failure(error: BaseException) -> BaseException:
 
 def describe_failure(error: BaseException) -> str:
     """`Type: message` of the root failure; messages were scrubbed by the worker already."""
+    from temporalio.exceptions import ApplicationError, FailureError
+
     root = root_failure(error)
     kind = type(root).__name__
     if isinstance(root, ApplicationError) and root.type:
@@ -183,6 +148,10 @@ def describe_failure(error: BaseException) -> str:
 def failure_outcome(error: BaseException) -> tuple[int, str]:
     """(exit code, word) for a run's failure: cancelled / terminated (3), timed out (4),
     refused (2: the request could not be run as asked), failed (1)."""
+    from temporalio.exceptions import ApplicationError, TerminatedError
+    from temporalio.exceptions import CancelledError as TemporalCancelledError
+    from temporalio.exceptions import TimeoutError as TemporalTimeoutError
+
     chain = _failure_chain(error)
     if any(isinstance(e, TerminatedError) for e in chain):
         return EXIT_CANCELLED, "terminated"
@@ -229,14 +198,6 @@ REFUSED_KINDS = REFUSED_FAILURE_TYPES | {
     "ConnectorNotFound",
 }
 
-# Errors that are neither Sluice's own nor purge's, and mean "refused".
-REFUSED_ERRORS: tuple[type[BaseException], ...] = (
-    MetricsPortError,
-    PayloadKeyError,
-    TemporalAddressError,
-    SearchAttributesMissingError,
-)
-
 
 def _metadata_url_for_humans(settings: Settings | None) -> str:
     if settings is None:
@@ -274,31 +235,10 @@ def explain(error: BaseException, settings: Settings | None) -> tuple[int, str] 
         return error.code, str(error)
     if isinstance(error, SluiceError | PurgeError):
         return (EXIT_REFUSED if error.kind in REFUSED_KINDS else EXIT_FAILED), str(error)
-    if isinstance(error, WorkflowFailureError):
-        code, word = failure_outcome(error)
-        return code, f"run {word}: {describe_failure(error)}"
-    if isinstance(error, WorkflowAlreadyStartedError):
-        return EXIT_REFUSED, f"a run is already going as workflow {error.workflow_id}"
-    if isinstance(error, REFUSED_ERRORS):
-        return EXIT_REFUSED, str(error)
     if isinstance(error, pydantic.ValidationError):
         return EXIT_REFUSED, _settings_problem(error)
     if isinstance(error, pydantic_settings.SettingsError):
         return EXIT_REFUSED, f"invalid settings: {error}"
-    if isinstance(error, TemporalUnreachableError | DevServerError):
-        return EXIT_UNREACHABLE, str(error)
-    if isinstance(error, RPCError):
-        address = settings.temporal_address if settings else "?"
-        if error.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
-            return EXIT_UNREACHABLE, f"lost Temporal at {address}: {error.message}"
-        if error.status in (
-            RPCStatusCode.NOT_FOUND,
-            RPCStatusCode.INVALID_ARGUMENT,
-            RPCStatusCode.PERMISSION_DENIED,
-            RPCStatusCode.UNAUTHENTICATED,
-        ):
-            return EXIT_REFUSED, f"Temporal at {address} refused: {error.message}"
-        return EXIT_FAILED, f"Temporal at {address}: {error.message}"
     if isinstance(error, sqlalchemy.exc.NoSuchModuleError):
         return EXIT_REFUSED, f"SLUICE_METADATA_URL names an unknown database driver: {error}"
     if isinstance(error, sqlalchemy.exc.ArgumentError):
@@ -327,6 +267,54 @@ def explain(error: BaseException, settings: Settings | None) -> tuple[int, str] 
     if isinstance(error, OSError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
         return EXIT_FAILED, f"{error.strerror}{where}"
+    return _explain_temporal(error, settings)
+
+
+def _explain_temporal(error: BaseException, settings: Settings | None) -> tuple[int, str] | None:
+    """`explain` for the errors of Temporal's SDK and of our code around it (client, worker,
+    codec, dev server). Asked last, and imported only here, so that an error of a purge or a
+    scrub is explained without loading the SDK: none of these is one of the errors above."""
+    from temporalio.client import WorkflowFailureError
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from workers.client import (
+        SearchAttributesMissingError,
+        TemporalAddressError,
+        TemporalUnreachableError,
+    )
+    from workers.codec import PayloadKeyError
+    from workers.devserver import DevServerError
+    from workers.metrics import MetricsPortError
+
+    # Errors that are neither Sluice's own nor purge's, and mean "refused".
+    refused_errors: tuple[type[BaseException], ...] = (
+        MetricsPortError,
+        PayloadKeyError,
+        TemporalAddressError,
+        SearchAttributesMissingError,
+    )
+    if isinstance(error, WorkflowFailureError):
+        code, word = failure_outcome(error)
+        return code, f"run {word}: {describe_failure(error)}"
+    if isinstance(error, WorkflowAlreadyStartedError):
+        return EXIT_REFUSED, f"a run is already going as workflow {error.workflow_id}"
+    if isinstance(error, refused_errors):
+        return EXIT_REFUSED, str(error)
+    if isinstance(error, TemporalUnreachableError | DevServerError):
+        return EXIT_UNREACHABLE, str(error)
+    if isinstance(error, RPCError):
+        address = settings.temporal_address if settings else "?"
+        if error.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            return EXIT_UNREACHABLE, f"lost Temporal at {address}: {error.message}"
+        if error.status in (
+            RPCStatusCode.NOT_FOUND,
+            RPCStatusCode.INVALID_ARGUMENT,
+            RPCStatusCode.PERMISSION_DENIED,
+            RPCStatusCode.UNAUTHENTICATED,
+        ):
+            return EXIT_REFUSED, f"Temporal at {address} refused: {error.message}"
+        return EXIT_FAILED, f"Temporal at {address}: {error.message}"
     return None
 
 
@@ -349,6 +337,9 @@ def report_error(error: BaseException, settings: Settings | None, debug: bool) -
 
 @contextlib.asynccontextmanager
 async def _worker_unless_running(client: Client, settings: Settings) -> AsyncIterator[None]:
+    from workers.client import has_worker
+    from workers.worker import build_worker
+
     if await has_worker(client, settings):
         _check(f"a worker is polling task queue {settings.task_queue!r}")
         yield
@@ -362,6 +353,11 @@ async def _worker_unless_running(client: Client, settings: Settings) -> AsyncIte
 async def start_sync(
     client: Client, settings: Settings, request: SyncRequest
 ) -> WorkflowHandle[Any, SyncSummary]:
+    from temporalio.common import WorkflowIDConflictPolicy
+
+    from workers.run_metadata import RunMetadata
+    from workflows.sync import SyncConnectionWorkflow
+
     metadata = RunMetadata.for_run(
         "sync",
         request.connection_id,
@@ -383,6 +379,8 @@ async def start_sync(
 
 
 async def _wait_with_progress(handle: WorkflowHandle[Any, SyncSummary], label: str) -> SyncSummary:
+    from workflows.sync import SyncConnectionWorkflow
+
     task = asyncio.ensure_future(handle.result())
     try:
         with console.status(Text(f"{label}: starting")) as status:
@@ -399,6 +397,10 @@ async def _wait_with_progress(handle: WorkflowHandle[Any, SyncSummary], label: s
 def summary_table(
     title: str, summary: SyncSummary, settings: Settings, workflow_id: str, destination: str
 ) -> Table:
+    from rich.table import Table
+
+    from workers.client import ui_link
+
     table = Table(title=Text(title), title_justify="left")
     table.add_column("stream")
     table.add_column("records", justify="right", overflow="fold")
@@ -426,6 +428,8 @@ def summary_table(
 
 
 def cmd_server(settings: Settings, _args: argparse.Namespace) -> int:
+    from workers.devserver import server_command
+
     settings.state_path.mkdir(parents=True, exist_ok=True)
     command = server_command(settings)
     say(
@@ -442,6 +446,10 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run until SIGINT or SIGTERM, then shut down in order: stop polling, cancel running
     activities and wait for them to end (a sync stops its connector and retains its scrubbed
     log), then let the activity threads go, before the interpreter exits."""
+    from workers.client import connect
+    from workers.metrics import metrics_runtime
+    from workers.worker import build_worker
+
     port = args.metrics_port or settings.metrics_port
     # The metrics endpoint listens before anything else starts: a port in use fails at once.
     runtime = metrics_runtime(port) if port else None
@@ -480,6 +488,11 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from workers.client import connect, ui_link
+    from workflows.models import SyncRequest
+
     request = SyncRequest(connection_id=args.connection, reset=args.reset, streams=args.stream)
     ConnectionsFile.load(settings.connections_file).get(request.connection_id)
     client = await connect(settings, wait_seconds=3)
@@ -502,6 +515,10 @@ async def _report_run(
 ) -> int:
     """Say where a started run is, wait for it showing its phase, print its summary (or the
     root cause of its failure) and exit as it ended."""
+    from temporalio.client import WorkflowFailureError
+
+    from workers.client import ui_link
+
     link = ui_link(settings, handle.id, handle.result_run_id)
     say(f"started {handle.id}: {link}")
     try:
@@ -522,6 +539,11 @@ async def _report_run(
 async def start_replay(
     client: Client, settings: Settings, request: ReplayRequest
 ) -> WorkflowHandle[Any, SyncSummary]:
+    from temporalio.common import WorkflowIDConflictPolicy
+
+    from workers.run_metadata import RunMetadata
+    from workflows.replay import ReplayFailedSyncWorkflow
+
     metadata = RunMetadata.for_run("replay", started_by="sluice CLI", replay_of=request.run_id)
     # One replay of a failed run at a time: a second start fails instead of racing it.
     return await client.start_workflow(
@@ -538,6 +560,11 @@ async def start_replay(
 
 async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     """Finish a failed run from its staging, then (unless --no-continue) sync on."""
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from workers.client import connect, ui_link
+    from workflows.models import ReplayRequest
+
     request = ReplayRequest.model_validate(
         {"run_id": args.run_id, "continue": not args.no_continue}
     )
@@ -561,6 +588,13 @@ def _where_the_data_is(connection: Connection) -> str:
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from temporalio.client import WorkflowFailureError
+
+    from workers.client import connect, ui_link
+    from workers.connectors.executors import ConnectorInstaller
+    from workers.devserver import is_listening, start_in_background
+    from workflows.models import SyncRequest
+
     connections = ConnectionsFile.load(settings.connections_file)
     connection = connections.get(args.connection)
     if not isinstance(connection, Connection):
@@ -650,6 +684,9 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.client import connect
+    from workers.schedules import SYNC_SCHEDULE_PREFIX, apply_schedules, paused_schedules
+
     if args.action == "resume":
         return await _resume_schedule(settings, args.connection)
     if args.connection is not None:
@@ -672,6 +709,9 @@ async def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _resume_schedule(settings: Settings, connection_id: str | None) -> int:
+    from workers.client import connect
+    from workers.schedules import SYNC_SCHEDULE_PREFIX, ScheduleNotFoundError, resume_schedule
+
     if connection_id is None:
         raise CliError("sluice schedules resume needs a CONNECTION")
     client = await connect(settings, wait_seconds=3)
@@ -688,6 +728,8 @@ async def _workflow_status(
     client: Client, workflow_id: str, run_id: str
 ) -> WorkflowExecutionStatus | None:
     """The run's status in Temporal; None when Temporal does not know it."""
+    from temporalio.service import RPCError, RPCStatusCode
+
     try:
         description = await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
     except RPCError as exc:
@@ -712,6 +754,11 @@ async def cmd_unlock(settings: Settings, args: argparse.Namespace) -> int:
     """Release a connection's lock whose run's workflow no longer runs. The run is finished as
     the sweep finishes an abandoned one: recorded (unless it recorded itself), its staging kept
     on record for the sweep, and the lock given back."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    from workers.activities.locks import ConnectionLocks
+    from workers.client import connect, ui_link
+
     connection_id: str = args.connection
     metadata = MetadataStore.from_url(settings.resolved_metadata_url)
     holder = metadata.lock_holder(connection_id)
@@ -746,6 +793,8 @@ async def cmd_unlock(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
     """`sluice runs [...]`, newest first, and `sluice runs show RUN_ID` (workers/runs_report.py)."""
+    from workers import runs_report
+
     metadata = MetadataStore.from_url(settings.resolved_metadata_url)
     if args.runs_command == "show":
         try:
@@ -769,6 +818,8 @@ async def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     """Print a run attempt's retained, scrubbed log from the store that holds it."""
+    from workers import runs_report
+
     metadata = MetadataStore.from_url(settings.resolved_metadata_url)
     try:
         log = runs_report.find_log(settings, metadata, args.run_id, args.attempt)
@@ -801,6 +852,8 @@ async def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     """Cancel the running run of a connection, or the run RUN_ID. Nothing running: refused
     (exit 2), as `unlock` is while a run goes on."""
+    from workers import runs_report
+
     metadata = MetadataStore.from_url(settings.resolved_metadata_url)
     try:
         cancellation, handle = await runs_report.cancel_run(settings, metadata, args.target)
@@ -847,6 +900,8 @@ class ScrubInputError(CliError, ValueError):
 
 
 def cmd_scrub(_settings: Settings, args: argparse.Namespace) -> int:
+    from purge.scrub import LogScrubber, spec_secret_values, state_leaf_values
+
     state = _read_json(args.state, "--state")
     config = _read_json(args.config, "--config") if args.config else {}
     spec = _read_json(args.spec, "--spec") if args.spec else {}
@@ -879,6 +934,16 @@ def cmd_scrub(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_codec_server(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.codec import EncryptionCodec
+    from workers.codec_server import (
+        CodecAccess,
+        CodecServer,
+        CodecServerConfigError,
+        default_origins,
+        normalise_origin,
+        tls_context,
+    )
+
     try:
         origins = [
             normalise_origin(origin)
@@ -962,6 +1027,11 @@ from the temporal CLI or a script (the token in the environment, not in argv):
 """
 
 
+RUN_STATUSES = ("running", "succeeded", "failed", "cancelled", "timed_out", "terminated")
+"""What `sluice runs --status` takes: a recorded run's status, `running` for a run in progress,
+and `terminated` (a sweep terminated in Temporal; a terminated sync is recorded `failed`)."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluice",
@@ -1015,7 +1085,7 @@ def _parser() -> argparse.ArgumentParser:
         "`runs show RUN_ID` tells one",
     )
     runs.add_argument("--connection", help="only this connection's runs (no sweeps)")
-    runs.add_argument("--status", choices=runs_report.RUN_STATUSES)
+    runs.add_argument("--status", choices=RUN_STATUSES)
     runs.add_argument("--limit", type=_positive_int, default=20, help="at most N runs (20)")
     runs.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     runs_sub = runs.add_subparsers(dest="runs_command")

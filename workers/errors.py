@@ -3,20 +3,22 @@ what it is called, and one function turns it into what Temporal records.
 
 An activity raises the specific error where the problem is found (an unknown connection, a
 refused purge target, a connector's protocol error); `as_application_error` is the only place an
-error becomes a Temporal `ApplicationError`. Messages of these errors are written so that they
-may go into Temporal's history: they name connections, streams, fields, files and lines, never a
-record value, cursor value or secret (a connector's own text is scrubbed before it is raised).
+error becomes a Temporal `ApplicationError` (the worker's `ErrorReporting` interceptor, in
+workers/worker.py, applies it to every activity). Messages of these errors are written so that
+they may go into Temporal's history: they name connections, streams, fields, files and lines,
+never a record value, cursor value or secret (a connector's own text is scrubbed before it is
+raised).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from temporalio.exceptions import ApplicationError
-from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
+from typing import TYPE_CHECKING, Any
 
 from purge.errors import PurgeError
+
+if TYPE_CHECKING:
+    from temporalio.exceptions import ApplicationError
 
 
 class SluiceError(Exception):
@@ -70,6 +72,9 @@ def as_application_error(
     """The error as Temporal records it: its kind as the type, retryable or not, its message
     (prefixed by `context`, e.g. the connection; passed through `redact` when it quotes a
     connector's own text), and `details` (metadata only)."""
+    # Imported here: the CLI's purge and scrub import these errors and never load the SDK.
+    from temporalio.exceptions import ApplicationError
+
     message = f"{context}: {error}" if context else str(error)
     return ApplicationError(
         redact(message) if redact else message,
@@ -77,19 +82,3 @@ def as_application_error(
         type=error.kind,
         non_retryable=not error.retryable,
     )
-
-
-class ErrorReporting(Interceptor):
-    """Registered on the worker: an activity that raises one of Sluice's (or purge's) errors
-    fails with it as an ApplicationError, so no activity converts errors itself."""
-
-    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _ReportingActivityInbound(next)
-
-
-class _ReportingActivityInbound(ActivityInboundInterceptor):
-    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        try:
-            return await super().execute_activity(input)
-        except (SluiceError, PurgeError) as exc:
-            raise as_application_error(exc) from None

@@ -36,10 +36,6 @@ from workers.settings import Settings
 from workflows import search_attributes
 from workflows.models import ActivityName
 
-RUN_STATUSES = ("running", "succeeded", "failed", "cancelled", "timed_out", "terminated")
-"""What `sluice runs --status` takes: a recorded run's status, `running` for a run in progress,
-and `terminated` (a sweep terminated in Temporal; a terminated sync is recorded `failed`)."""
-
 SWEEP_WORKFLOW = "RetentionSweepWorkflow"
 _KIND_OF_WORKFLOW = {
     "SyncConnectionWorkflow": "sync",

@@ -6,18 +6,25 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.runtime import Runtime
-from temporalio.worker import Worker
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    Worker,
+)
 
+from purge.errors import PurgeError
 from workers.activities.airbyte import AirbyteActivities
 from workers.activities.locks import ConnectionLocks, TemporalWorkflowRuns
 from workers.activities.replay import ReplayActivities
 from workers.activities.sweep import SweepActivities
 from workers.activities.sync import SyncActivities
 from workers.connectors.executors import ConnectorInstaller
-from workers.errors import ErrorReporting
+from workers.errors import SluiceError, as_application_error
 from workers.metadata import MetadataStore
 from workers.metrics import MetricsReporting, SluiceMetrics
 from workers.notifications import NotificationDelivery, NotificationOutbox, RunNotices
@@ -27,6 +34,22 @@ from workers.settings import Settings
 from workflows.replay import ReplayFailedSyncWorkflow
 from workflows.sweep import RetentionSweepWorkflow
 from workflows.sync import SyncConnectionWorkflow
+
+
+class ErrorReporting(Interceptor):
+    """Registered on the worker: an activity that raises one of Sluice's (or purge's) errors
+    fails with it as an ApplicationError, so no activity converts errors itself."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _ReportingActivityInbound(next)
+
+
+class _ReportingActivityInbound(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        try:
+            return await super().execute_activity(input)
+        except (SluiceError, PurgeError) as exc:
+            raise as_application_error(exc) from None
 
 
 def build_worker(client: Client, settings: Settings) -> Worker:
