@@ -28,7 +28,9 @@ output that still hold a registered value of at least four characters: it must s
 break), and at 1,000 values each size is scrubbed in a child process of its own (so that its
 peak RSS is its own: VmHWM, and the RSS once the scrubber is built), rounds interleaving the
 sizes, by ``scrub_chunks`` over 1 MiB reads and by the retention path (the file's lines into
-``scrub_chunks``, written through a TextIOWrapper, as ``workers/retained_logs.py`` does).
+``scrub_chunks``, written through a TextIOWrapper, as ``workers/retained_logs.py`` does). A
+third row per size, ``copy``, scrubs nothing: it copies the log to the same output, so that the
+file system's cost of writing that much is measured beside the scrubber's, in the same run.
 """
 
 from __future__ import annotations
@@ -334,7 +336,9 @@ def report(rows: list[Row], size: int, sensitive: int, seconds: float) -> None:
 # --- growth: the same scrub at 100 MB and 1 GB, each in a child process -------------------------
 
 GROWTH_VALUES = 1_000
-GROWTH_APIS = ("chunks", "retain")
+# "copy" scrubs nothing: it copies the log to the same output, 1 MiB at a time, to show what
+# writing that much costs on this file system, apart from the scrubber.
+GROWTH_APIS = ("chunks", "retain", "copy")
 
 
 def scrub_child(log: Path, values_file: Path, api: str, out: Path) -> int:
@@ -347,6 +351,9 @@ def scrub_child(log: Path, values_file: Path, api: str, out: Path) -> int:
     started = time.perf_counter()
     if api == "chunks":
         sluice_chunks(scrubber, log, out)
+    elif api == "copy":
+        with log.open("rb") as source, out.open("wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
     else:
         import io
 
