@@ -190,6 +190,31 @@ def test_purge_uri_with_brackets_is_printed_literally(tmp_path: Path) -> None:
     assert not (allowed / "[x]" / "b.gz").exists()
 
 
+def test_purge_starts_without_temporal(tmp_path: Path) -> None:
+    """`sluice purge` is benchmarked against s5cmd: it loads neither Temporal's SDK nor the
+    worker, whether it purges or is refused."""
+    (tmp_path / "state" / "staging" / "run1").mkdir(parents=True)
+    target = (tmp_path / "state" / "staging").as_uri() + "/run1/"
+    check = """
+import sys
+from workers.cli import main
+codes = [main(["purge", sys.argv[1], "--yes"]), main(["purge", "file:///etc/", "--yes"])]
+sdk = ("temporalio", "workflows", "workers.worker", "workers.client", "workers.runs_report")
+print(codes, sorted(m for m in sys.modules if m.startswith(sdk)))
+"""
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "-c", check, target],
+        env=plain_env(tmp_path),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"[0, {cli.EXIT_REFUSED}] []", done.stdout
+
+
 def test_message_with_double_brackets_is_printed_literally(tmp_path: Path) -> None:
     (tmp_path / "connections.toml").write_text("# nothing declared yet\n")
     done = sluice(["sync", "items"], plain_env(tmp_path))
