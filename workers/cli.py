@@ -32,7 +32,6 @@ import botocore.exceptions
 import pydantic
 import pydantic_settings
 import sqlalchemy.exc
-from azure.core.exceptions import ServiceRequestError
 from rich.console import Console
 from rich.text import Text
 from sqlalchemy.engine import make_url
@@ -253,6 +252,10 @@ def explain(error: BaseException, settings: Settings | None) -> tuple[int, str] 
             EXIT_UNREACHABLE,
             f"cannot use {_metadata_url_for_humans(settings)} (SLUICE_METADATA_URL): {reason}",
         )
+    # Imported here: only an Azure store's errors are of this class (a purge of another store
+    # does not import the Azure SDK).
+    from azure.core.exceptions import ServiceRequestError
+
     if isinstance(error, botocore.exceptions.NoCredentialsError):
         return EXIT_REFUSED, f"S3: {error} (set AWS_ACCESS_KEY_ID / AWS_PROFILE)"
     if isinstance(

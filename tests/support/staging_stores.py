@@ -19,14 +19,9 @@ from typing import BinaryIO
 from azure.storage.blob import BlobProperties, BlobServiceClient, ContainerClient
 from botocore.client import BaseClient
 
-from purge.stores import (
-    AzureStagingStore,
-    DeleteResult,
-    LocalStagingStore,
-    S3StagingStore,
-    StagingStore,
-    StoredObject,
-)
+from purge.stores import DeleteResult, LocalStagingStore, StagingStore, StoredObject
+from purge.stores.azure import AzureStagingStore
+from purge.stores.s3 import S3StagingStore
 
 BASE = "staging/"
 """The base prefix of the remote stores (the local store's root is a directory named so)."""
